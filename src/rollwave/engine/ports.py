@@ -97,7 +97,12 @@ class Driver(Protocol):
         ...
 
     async def run(
-        self, target: Target, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
+        self,
+        target: Target,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         """Run ``argv`` on (or for) the target; never through a shell."""
         ...
@@ -237,7 +242,9 @@ class Store(Protocol):
     def close(self) -> None: ...
 
     # locks
-    def acquire_lock(self, environment: str, holder: str, pid: int, ttl: float, now: float) -> Lease:
+    def acquire_lock(
+        self, environment: str, holder: str, pid: int, ttl: float, now: float
+    ) -> Lease:
         """Take the environment's lease with a new, larger token, or raise LockedError."""
         ...
 
@@ -295,7 +302,9 @@ class Store(Protocol):
     def journal(self, deployment_id: int, after_seq: int = 0) -> list[JournalEntry]: ...
 
     # events (notifications, deliveries, annotations)
-    def add_event(self, deployment_id: int, kind: str, data: Mapping[str, Any], now: float) -> int: ...
+    def add_event(
+        self, deployment_id: int, kind: str, data: Mapping[str, Any], now: float
+    ) -> int: ...
 
     def events(self, deployment_id: int) -> list[tuple[int, float, str, Mapping[str, Any]]]: ...
 

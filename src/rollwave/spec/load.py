@@ -27,8 +27,9 @@ from rollwave.inventory.model import Inventory, Target
 from rollwave.plan.waves import wave_count
 from rollwave.spec.model import HookSpec, HooksSpec, ServiceSpec, Spec
 from rollwave.spec.templates import placeholders
+from rollwave.spec.units import Count, Percent
 
-__all__ = ["Config", "load_config", "load_spec_text"]
+__all__ = ["Config", "load_config", "load_spec_text", "with_versions"]
 
 Path_ = tuple[str, ...]
 
@@ -303,6 +304,7 @@ def load_spec_text(text: str, name: str = "rollwave.yaml") -> tuple[Spec, _Locat
         _problems_from(exc, data, out)
         raise SpecError(out.problems) from None
     _check_dependencies(spec, out)
+    _check_strategy(spec, out)
     if out.problems:
         raise SpecError(out.problems)
     return spec, out
@@ -396,6 +398,36 @@ def _check_dependencies(spec: Spec, out: _Located) -> None:
     )
     if cycle and len(cycle) > 2:
         out.problem(("services", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+
+
+def _check_strategy(spec: Spec, out: _Located) -> None:
+    """Waves increase and end at the whole fleet; approval gates name existing waves."""
+    waves = spec.strategy.waves
+    last: dict[type, float] = {}
+    for index, wave in enumerate(waves):
+        path = ("strategy", "waves", str(index))
+        if wave.value == 0:
+            out.problem(path, f"wave {index + 1} is {wave}: a wave must add at least one target")
+        previous = last.get(type(wave))
+        if previous is not None and wave.value <= previous:
+            kind = "count" if isinstance(wave, Count) else "percentage"
+            out.problem(
+                path,
+                f"waves must increase: wave {index + 1} ({wave}) is not larger than the {kind} before it",
+            )
+        last[type(wave)] = wave.value
+    final = waves[-1]
+    if isinstance(final, Percent) and final.value != 100:
+        out.problem(
+            ("strategy", "waves", str(len(waves) - 1)),
+            f"the last wave must reach the whole fleet (100%), not {final}",
+        )
+    for index, number in enumerate(spec.strategy.approve_before):
+        if number > len(waves):
+            out.problem(
+                ("strategy", "approve_before", str(index)),
+                f"wave {number} does not exist: there are {len(waves)} waves",
+            )
 
 
 def _find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
@@ -493,6 +525,8 @@ def _common_vars(targets: Sequence[Target]) -> set[str]:
 def _check_placeholders(spec: Spec, targets: Mapping[str, Sequence[Target]], out: _Located) -> None:
     every_service_vars: set[str] | None = None
     for name, service in spec.services.items():
+        if not targets[name]:
+            continue  # already reported: the host pattern selects nothing
         base = ("services", name)
         common = _common_vars(targets[name])
         every_service_vars = common if every_service_vars is None else every_service_vars & common
@@ -560,3 +594,29 @@ def _check_placeholders(spec: Spec, targets: Mapping[str, Sequence[Target]], out
                     "",
                     out,
                 )
+
+
+def with_versions(config: Config, versions: Mapping[str, str]) -> Config:
+    """The same config with some services' versions replaced (a rollback to a named version)."""
+    from dataclasses import replace
+
+    from rollwave.spec.model import SAFE_NAME
+
+    for service, version in versions.items():
+        if not SAFE_NAME.match(version):
+            raise SpecError(
+                [
+                    Problem(
+                        str(config.path.name),
+                        0,
+                        0,
+                        f"services.{service}.version",
+                        f"bad version {version!r}",
+                    )
+                ]
+            )
+    services = {
+        name: service.model_copy(update={"version": versions.get(name, service.version)})
+        for name, service in config.spec.services.items()
+    }
+    return replace(config, spec=config.spec.model_copy(update={"services": services}))

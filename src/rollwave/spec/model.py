@@ -19,7 +19,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -227,42 +226,12 @@ class StrategySpec(Frozen):
     spread_by: str | None = None
     failure: FailureSpec = FailureSpec()
 
-    @field_validator("waves")
-    @classmethod
-    def _waves_increase(cls, waves: list[Count | Percent]) -> list[Count | Percent]:
-        last: dict[type, float] = {}
-        for position, wave in enumerate(waves, start=1):
-            if wave.value == 0:
-                raise ValueError(f"wave {position} is {wave}: a wave must add at least one target")
-            previous = last.get(type(wave))
-            if previous is not None and wave.value <= previous:
-                kind = "count" if isinstance(wave, Count) else "percentage"
-                raise ValueError(
-                    f"waves must increase: wave {position} ({wave}) is not larger than the {kind} "
-                    "before it"
-                )
-            last[type(wave)] = wave.value
-        final = waves[-1]
-        if isinstance(final, Percent) and final.value != 100:
-            raise ValueError(f"the last wave must reach the whole fleet (100%), not {final}")
-        return waves
-
     @field_validator("max_unavailable")
     @classmethod
     def _some_unavailable(cls, value: Count | Percent) -> Count | Percent:
         if value.value == 0:
             raise ValueError("max_unavailable must allow at least one target, got 0")
         return value
-
-    @field_validator("approve_before")
-    @classmethod
-    def _known_waves(cls, numbers: list[int], info: ValidationInfo) -> list[int]:
-        waves = info.data.get("waves")
-        if waves is not None:
-            for number in numbers:
-                if number > len(waves):
-                    raise ValueError(f"wave {number} does not exist: there are {len(waves)} waves")
-        return numbers
 
 
 # ----------------------------------------------------------------- analysis

@@ -1,0 +1,3 @@
+from rollwave.cli.main import main
+
+main()
