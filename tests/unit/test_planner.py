@@ -124,8 +124,9 @@ def test_targets_at_the_version_are_skipped() -> None:
     observed: Observed = {"api": {"api-1": "2.0", "api-2": "1.0", "api-4": "2.0", "api-5": None}}
     service = plan(spec, {"api": fleet("api", 6)}, observed).service("api")
     assert service.skipped == ("api-1", "api-4")
-    assert names(service) == [["api-2"], ["api-3"], ["api-5", "api-6"]]
-    assert [w.done_after for w in service.waves] == [3, 4, 6]
+    # Waves are checkpoints over all 6 (1, 3, 6); the 2 skipped targets already cover the first.
+    assert names(service) == [["api-2"], ["api-3", "api-5", "api-6"]]
+    assert [w.done_after for w in service.waves] == [3, 6]
     assert service.total == 6
     assert dict(service.previous) == {"api-2": "1.0", "api-3": None, "api-5": None, "api-6": None}
 
@@ -241,7 +242,7 @@ def test_plan_json_shape() -> None:
     spec = make_spec(
         {"web": ["api"], "api": []},
         environment="staging",
-        waves=[1, "100%"],
+        waves=[2, "100%"],
         max_unavailable=2,
         bake="1m",
         approve_before=[2],
@@ -308,16 +309,9 @@ def test_plan_json_shape() -> None:
     }
 
 
-# --------------------------------------------------------------------------- known bug
+# --------------------------------------------------------------------------- regression
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="waves are checked against all N targets by the loader but cut from the pending ones "
-    "by the planner: [5, 10%, 100%] is valid for 100 targets, yet with 60 skipped the planner "
-    "raises 'waves decrease: 5 then 4'",
-)
 def test_skipped_targets_never_make_valid_waves_decrease() -> None:
     """Waves valid for the whole fleet still plan when some targets already run the version."""
     spec = make_spec({"api": []}, waves=[5, "10%", "100%"])
@@ -421,14 +415,8 @@ def cases(draw: st.DrawFn) -> Case:
         observed[name] = seen
         pending[name] = [t.name for t in service_targets if seen.get(t.name) != VERSION]
 
-    # The loader accepts waves that increase for all N targets; the planner cuts them from
-    # the pending targets. Keep only inputs valid for both (see the xfail test above).
-    assume(
-        all(
-            _valid_for(waves, len(targets[n])) and _valid_for(waves, len(pending[n]))
-            for n in chosen
-        )
-    )
+    # The loader accepts waves that increase for all N targets.
+    assume(all(_valid_for(waves, len(targets[n])) for n in chosen))
 
     spec = make_spec(
         depends,
@@ -474,12 +462,14 @@ def test_every_target_appears_exactly_once(case: Case) -> None:
 @PROPERTY
 @given(case=cases())
 def test_waves_reach_the_cumulative_counts(case: Case) -> None:
-    """After wave k, skipped + cumulative_counts(waves, pending)[k] targets run the version."""
+    """After wave k, cumulative_counts(waves, N)[k] targets run the version, skipped ones counted first."""
     result = plan(case.spec, case.targets, case.observed)
     for service in result.services:
-        pending = len(case.pending[service.name])
+        total = len(case.targets[service.name])
         expected = [
-            len(service.skipped) + c for c in cumulative_counts(case.spec.strategy.waves, pending)
+            c
+            for c in cumulative_counts(case.spec.strategy.waves, total)
+            if c > len(service.skipped)
         ]
         done = len(service.skipped)
         reached = []
@@ -557,7 +547,12 @@ def test_approval_and_bake_follow_the_spec_waves(case: Case) -> None:
     strategy = case.spec.strategy
     result = plan(case.spec, case.targets, case.observed)
     for service in result.services:
-        kept = [i for i, _ in kept_waves(strategy.waves, len(case.pending[service.name]))]
+        skipped = len(service.skipped)
+        kept = [
+            i
+            for i, count in kept_waves(strategy.waves, len(case.targets[service.name]))
+            if count > skipped
+        ]
         gated = {
             next(k for k, index in enumerate(kept) if index >= gate - 1)
             for gate in strategy.approve_before

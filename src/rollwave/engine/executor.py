@@ -119,6 +119,7 @@ class Executor:
         self._failure: tuple[str, str] | None = None  # (reason, message) of the first failure
         self._lease_lost: str | None = None
         self._state = deployment.state
+        self._reason = deployment.reason
         self._approver: dict[tuple[str, int], str] = {}
 
     # ------------------------------------------------------------- journal
@@ -148,6 +149,7 @@ class Executor:
 
     def set_state(self, state: DeploymentState, reason: str, message: str) -> None:
         self._state = state
+        self._reason = reason
         self.store.set_state(
             self.lease, self.deployment.id, state, reason, message, self.clock.now()
         )
@@ -171,7 +173,11 @@ class Executor:
                 self.record("resume", "info", after_seq=self.progress.last_seq)
             else:
                 self.record("deployment", "begin", environment=self.plan.environment)
-            if self._state is not DeploymentState.RUNNING and not self.progress.rollback_started:
+            if (
+                self._state is not DeploymentState.RUNNING
+                and not self.progress.rollback_started
+                and not self.controls.paused
+            ):
                 self.set_state(DeploymentState.RUNNING, "Resumed", "resumed")
             outcome = await self._run()
             self.set_state(outcome.state, outcome.reason, outcome.message)
@@ -243,7 +249,8 @@ class Executor:
             return Outcome(DeploymentState.ABORTED, "Aborted", "aborted by an operator")
         if self.controls.rollback:
             return await self._rollback(None, reason=reason, message=message)
-        self.set_state(DeploymentState.RUNNING, "Resumed", "resumed by an operator")
+        if self._state is not DeploymentState.RUNNING:
+            self.set_state(DeploymentState.RUNNING, "Resumed", "resumed by an operator")
         self._failure = None
         # Go on with the failed services from where they stopped.
         for name in failed:
@@ -371,16 +378,9 @@ class Executor:
             await self._wait_controls()
 
     async def _gate(self, stop: asyncio.Event) -> None:
-        """Block while paused; return at once when stopping."""
-        announced = False
+        """Block while an operator has paused the deployment; return at once when stopping."""
         while self.controls.paused and not stop.is_set():
-            if not self.controls.aborted and not self.controls.rollback:
-                if not announced and self._state is not DeploymentState.PAUSED:
-                    self.set_state(DeploymentState.PAUSED, "Paused", "paused by an operator")
-                announced = True
             await self._wait_controls()
-        if announced and self._state is DeploymentState.PAUSED and not stop.is_set():
-            self.set_state(DeploymentState.RUNNING, "Resumed", "resumed by an operator")
 
     # -------------------------------------------------------------- targets
 
@@ -577,9 +577,12 @@ class Executor:
     async def _bake(self, service: ServicePlan, wave: Wave) -> None:
         self.record("bake", "begin", service=service.name, wave=wave.number, seconds=wave.bake)
         until = self.clock.now() + wave.bake
-        while self.clock.now() < until:
+        while self.clock.now() < until or self.controls.paused:
             if self.controls.aborted or self.controls.rollback or self._lease_lost:
                 raise _Stop
+            if self.controls.paused:
+                await self._wait_controls()  # a paused bake holds the next wave back
+                continue
             await self.clock.sleep(min(self.poll_interval, until - self.clock.now()))
         self.record("bake", "end", service=service.name, wave=wave.number)
         self.progress.bakes_done.add((service.name, wave.number))
@@ -682,10 +685,16 @@ class Executor:
     def _apply_command(
         self, kind: str, args: dict[str, Any], who: str, *, quiet: bool = False
     ) -> None:
+        if not quiet:
+            self.record("command", "info", command=kind, who=who, **args)
         if kind == "pause":
             self.controls.paused = True
+            if not quiet and self._state is DeploymentState.RUNNING:
+                self.set_state(DeploymentState.PAUSED, "Paused", f"paused by {who}")
         elif kind == "resume":
             self.controls.paused = False
+            if not quiet and self._state is DeploymentState.PAUSED and self._reason == "Paused":
+                self.set_state(DeploymentState.RUNNING, "Resumed", f"resumed by {who}")
         elif kind == "abort":
             self.controls.aborted = True
         elif kind == "rollback":
@@ -700,8 +709,6 @@ class Executor:
                 self.controls.any_approvals.add(wave)
                 for s in self.plan.services:
                     self._approver.setdefault((s.name, wave), who)
-        if not quiet:
-            self.record("command", "info", command=kind, who=who, **args)
         self.controls.changed.set()
 
     async def _poll_commands(self) -> None:

@@ -90,6 +90,7 @@ def build_traffic(config: Config, service: str, clock: Clock) -> TrafficManager:
             drain_timeout=traffic.drain,
             clock=clock,
             context_for=context_for,
+            wait_up=traffic.haproxy.wait_up,
         )
     from rollwave.traffic.command import CommandTraffic
 

@@ -184,21 +184,28 @@ def plan(
         waves = []
         start = 0
         previous_index = -1
-        for number, (spec_index, done) in enumerate(kept_waves(strategy.waves, len(pending)), 1):
-            chunk = pending[start:done]
+        # Waves are checkpoints over all N targets (DESIGN.md): targets already at the
+        # version count as done first, so a re-apply keeps the spec's arithmetic.
+        number = 0
+        for spec_index, done in kept_waves(strategy.waves, total):
+            end = done - len(skipped)
+            if end <= start:
+                continue  # already reached by skipped targets; its gate moves to the next wave
+            chunk = pending[start:end]
+            number += 1
             gates = range(previous_index + 2, spec_index + 2)  # 1-based spec wave numbers covered
             waves.append(
                 Wave(
                     number=number,
                     targets=tuple(t.name for t in chunk),
                     max_unavailable=min(bound, len(chunk)),
-                    done_after=len(skipped) + done,
+                    done_after=done,
                     approve=any(g in strategy.approve_before for g in gates),
-                    bake=strategy.bake if done < len(pending) else 0.0,
+                    bake=strategy.bake if end < len(pending) else 0.0,
                     domains=_domains(chunk, strategy.spread_by),
                 )
             )
-            start = done
+            start = end
             previous_index = spec_index
         services.append(
             ServicePlan(
