@@ -21,7 +21,8 @@ import pytest
 
 from rollwave.demo.artifacts import build_artifact
 from rollwave.demo.haproxy import HAProxyProcess
-from rollwave.demo.loadgen import LoadGenerator, SystemClock
+from rollwave.demo.loadgen import LoadGenerator
+from rollwave.engine.clock import SystemClock
 from rollwave.engine.ports import TrafficState
 from rollwave.errors import TrafficError
 from rollwave.inventory.model import Target

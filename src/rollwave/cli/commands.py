@@ -481,3 +481,62 @@ def rollback(
     else:
         out.print(f"{result.outcome.state.value}: {result.outcome.message}", markup=False)
     sys.exit(_outcome_exit(result.outcome.state))
+
+
+@cli.command()
+@json_option
+@click.option("--keep", is_flag=True, help="Leave the fleet and HAProxy running afterwards.")
+def demo(as_json: bool, keep: bool) -> None:
+    """A real rolling deployment on this machine: 6 app slots behind HAProxy, under load."""
+    from rollwave.demo.haproxy import HAProxyNotInstalledError
+    from rollwave.demo.run import run_demo
+
+    view = ProgressView()
+    live = out.is_terminal and not as_json
+    say = (lambda line: None) if as_json else (lambda line: out.print(f"[bold]{line}[/bold]"))
+
+    async def go() -> Any:
+        if live:
+            with Live(view, console=out, refresh_per_second=4, transient=True):
+                return await run_demo(keep=keep, listeners=[view], say=say)
+        listeners = [] if as_json else [lambda e: out.print(_entry_text(e), markup=False)]
+        return await run_demo(keep=keep, listeners=listeners, say=say)
+
+    try:
+        result = asyncio.run(go())
+    except HAProxyNotInstalledError as exc:
+        raise InputError(
+            str(exc), hint="scripts/setup installs it on Debian/Ubuntu as root"
+        ) from exc
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        table = Table(title="rollwave demo: summary")
+        for column in (
+            "rollout",
+            "state",
+            "duration",
+            "requests",
+            "failed",
+            "version mix (per second)",
+        ):
+            table.add_column(column)
+        for rollout in result.rollouts:
+            mix = " ".join(
+                "/".join(f"{v.split('.')[0]}:{p}%" for v, p in point["share"].items())
+                for point in rollout.version_mix[:: max(1, len(rollout.version_mix) // 8)]
+            )
+            table.add_row(
+                f"v{rollout.version}",
+                rollout.state,
+                f"{rollout.duration_s:.1f}s",
+                str(rollout.requests),
+                str(rollout.failed_requests),
+                mix,
+            )
+        out.print(table)
+        if result.kept:
+            out.print(f"the fleet is still running: {result.url} (work directory {result.workdir})")
+            out.print(f"stop it with: kill {' '.join(str(p) for p in result.pids)}")
+    states = [r.state for r in result.rollouts]
+    sys.exit(0 if states == ["succeeded", "rolled_back"] else 1)

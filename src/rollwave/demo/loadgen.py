@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from rollwave.engine.clock import SystemClock
 from rollwave.engine.ports import Clock
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "LoadGenerator",
     "LoadReport",
     "Sample",
-    "SystemClock",
     "build_report",
     "classify_status",
 ]
@@ -182,16 +181,6 @@ def build_report(samples: Iterable[Sample], started_at: float, ended_at: float) 
         latency_p99=_quantile(latencies, 0.99),
         latency_max=latencies[-1] if latencies else 0.0,
     )
-
-
-class SystemClock:
-    """The real clock (wall time, asyncio sleep), the default when no clock is injected."""
-
-    def now(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True)
