@@ -549,7 +549,7 @@ class Executor:
         argv = render_argv(hook.run, values)
         where: dict[str, Any] = {"service": service.name, "target": target.name if target else ""}
         self.record(f"hook:{name}", "begin", argv=argv, **where)
-        from rollwave.engine.local_run import run_local
+        from rollwave.engine.local_run import run_argv
         from rollwave.errors import TargetError
 
         if hook.on == "target" and target is not None:
@@ -557,7 +557,9 @@ class Executor:
                 target, argv, timeout=hook.timeout
             )
         else:
-            result = await run_local(argv, timeout=hook.timeout, cwd=self.config.base_dir)
+            result = await run_argv(
+                argv, timeout=hook.timeout, clock=self.clock, cwd=self.config.base_dir
+            )
         output: dict[str, Any] = {
             "exit_code": result.exit_code,
             "stdout": result.stdout[-OUTPUT_LIMIT:],

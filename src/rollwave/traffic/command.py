@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rollwave.drivers.local import run_argv
+from rollwave.engine.local_run import run_argv
 from rollwave.engine.ports import Clock, CommandResult, TrafficState
 from rollwave.errors import TrafficError
 from rollwave.inventory.model import Target
