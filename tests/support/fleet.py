@@ -68,6 +68,54 @@ class LocalFleet:
                 target["vars"][key] = value
         (self.base / "inventory.yaml").write_text(yaml.safe_dump(data))
 
+    def service(
+        self,
+        version: str,
+        *,
+        hosts: str = "app",
+        deadline: str = "6s",
+        successes: int = 2,
+        start: list[str] | None = None,
+        depends_on: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """One service of sample-app slots, with health checks and the file-backed traffic manager."""
+        script = str(self.base / "traffic.sh")
+        return {
+            "hosts": hosts,
+            "version": version,
+            "depends_on": depends_on or [],
+            "driver": {
+                "kind": "local",
+                "artifact": "dist/app-{version}.tar.gz",
+                "root": "fleet/{name}",
+                "start": start
+                or [
+                    "env",
+                    "ROLLWAVE_DEMO_FAIL_HEALTH={fail}",
+                    sys.executable,
+                    "{release}/app.py",
+                    "--port",
+                    "{http_port}",
+                ],
+                "keep": 3,
+                "stop_grace": "5s",
+            },
+            "health": {
+                "http": "http://127.0.0.1:{http_port}/healthz",
+                "interval": "200ms",
+                "successes": successes,
+                "deadline": deadline,
+            },
+            "traffic": {
+                "command": {
+                    "drain": [script, "drain", "{name}"],
+                    "enable": [script, "enable", "{name}"],
+                    "state": [script, "state", "{name}"],
+                },
+                "drain": "100ms",
+            },
+        }
+
     def write_spec(
         self,
         version: str,
@@ -76,60 +124,29 @@ class LocalFleet:
         max_unavailable: Any = 1,
         tolerate: int = 0,
         action: str = "rollback",
+        scope: str = "service",
         bake: str = "0s",
         approve_before: list[int] | None = None,
         deadline: str = "6s",
         successes: int = 2,
         state: str = ".rollwave/state.db",
         start: list[str] | None = None,
+        services: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Path:
+        """Write rollwave.yaml: one service ``app`` of every slot, unless ``services`` is given."""
         spec: dict[str, Any] = {
             "environment": "test",
             "state": state,
             "inventory": "inventory.yaml",
-            "services": {
-                "app": {
-                    "hosts": "app",
-                    "version": version,
-                    "driver": {
-                        "kind": "local",
-                        "artifact": "dist/app-{version}.tar.gz",
-                        "root": "fleet/{name}",
-                        "start": start
-                        or [
-                            "env",
-                            "ROLLWAVE_DEMO_FAIL_HEALTH={fail}",
-                            sys.executable,
-                            "{release}/app.py",
-                            "--port",
-                            "{http_port}",
-                        ],
-                        "keep": 3,
-                        "stop_grace": "5s",
-                    },
-                    "health": {
-                        "http": "http://127.0.0.1:{http_port}/healthz",
-                        "interval": "200ms",
-                        "successes": successes,
-                        "deadline": deadline,
-                    },
-                    "traffic": {
-                        "command": {
-                            "drain": [str(self.base / "traffic.sh"), "drain", "{name}"],
-                            "enable": [str(self.base / "traffic.sh"), "enable", "{name}"],
-                            "state": [str(self.base / "traffic.sh"), "state", "{name}"],
-                        },
-                        "drain": "100ms",
-                    },
-                }
-            },
+            "services": services
+            or {"app": self.service(version, deadline=deadline, successes=successes, start=start)},
             "strategy": {
                 "waves": waves or [1, "100%"],
                 "max_unavailable": max_unavailable,
                 "bake": bake,
                 "approve_before": approve_before or [],
-                "failure": {"tolerate": tolerate, "action": action},
+                "failure": {"tolerate": tolerate, "action": action, "scope": scope},
             },
         }
         if extra:
@@ -137,6 +154,13 @@ class LocalFleet:
         path = self.base / "rollwave.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         return path
+
+    def set_groups(self, groups: dict[str, list[str]]) -> None:
+        """Put each slot into the given groups (replacing ``app``)."""
+        data = yaml.safe_load((self.base / "inventory.yaml").read_text())
+        for target in data["targets"]:
+            target["groups"] = [g for g, names in groups.items() if target["name"] in names]
+        (self.base / "inventory.yaml").write_text(yaml.safe_dump(data))
 
     # ---------------------------------------------------------------- CLI
 

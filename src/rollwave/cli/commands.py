@@ -113,8 +113,14 @@ def _outcome_exit(state: DeploymentState) -> int:
 @spec_option
 @json_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def apply(spec_file: Path, as_json: bool, yes: bool) -> None:
+@click.option("--override-freeze", is_flag=True, help="Deploy inside a freeze (needs --reason).")
+@click.option("--reason", default=None, help="Why the freeze is overridden; journaled with who.")
+def apply(
+    spec_file: Path, as_json: bool, yes: bool, override_freeze: bool, reason: str | None
+) -> None:
     """Run the plan, or resume this environment's unfinished deployment."""
+    if override_freeze and not (reason and reason.strip()):
+        raise click.UsageError("--override-freeze needs --reason TEXT")
     from rollwave.engine.runner import apply as run_apply
 
     config = load(spec_file)
@@ -143,8 +149,14 @@ def apply(spec_file: Path, as_json: bool, yes: bool) -> None:
     async def go() -> Any:
         if live:
             with Live(view, console=out, refresh_per_second=4, transient=False):
-                return await run_apply(config, listeners=listeners, on_start=started)
-        return await run_apply(config, listeners=listeners, on_start=started)
+                return await run_apply(
+                    config, listeners=listeners, on_start=started, override_freeze=override
+                )
+        return await run_apply(
+            config, listeners=listeners, on_start=started, override_freeze=override
+        )
+
+    override = reason.strip() if override_freeze and reason else None
 
     result = asyncio.run(go())
     outcome = result.outcome
@@ -540,3 +552,27 @@ def demo(as_json: bool, keep: bool) -> None:
             out.print(f"stop it with: kill {' '.join(str(p) for p in result.pids)}")
     states = [r.state for r in result.rollouts]
     sys.exit(0 if states == ["succeeded", "rolled_back"] else 1)
+
+
+@cli.command()
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--reason", required=True, help="Why (shown to whoever tries to deploy).")
+@spec_option
+@json_option
+def freeze(state: str, reason: str, spec_file: Path, as_json: bool) -> None:
+    """Freeze (or thaw) the environment by hand: apply refuses to start while frozen."""
+    from rollwave.engine.runner import open_state, who_am_i
+
+    config = load(spec_file)
+    store = open_state(config)
+    try:
+        store.set_freeze(config.spec.environment, state == "on", reason, who_am_i(), time.time())
+    finally:
+        store.close()
+    if as_json:
+        emit_json(
+            {"environment": config.spec.environment, "frozen": state == "on", "reason": reason}
+        )
+    else:
+        verb = "frozen" if state == "on" else "no longer frozen by hand"
+        out.print(f"environment {config.spec.environment} is {verb}: {reason}", markup=False)

@@ -91,18 +91,31 @@ def validate(spec_file: Path, as_json: bool) -> None:
 @click.option("--check", is_flag=True, help="Also run the preflight checks on every target.")
 def plan(spec_file: Path, as_json: bool, markdown: bool, check: bool) -> None:
     """Show what apply would do: services in order, waves, targets, gates, skips."""
+    import time
+
     from rollwave.cli.render import plan_markdown, plan_rows
     from rollwave.engine.runner import make_plan, preflight_only
+    from rollwave.plan.freeze import estimate_duration, next_freeze
+    from rollwave.spec.units import format_duration
 
     config = load(spec_file)
     the_plan = asyncio.run(make_plan(config))
     if check:
         asyncio.run(preflight_only(config, the_plan))
+    expected = estimate_duration(the_plan, config.spec)
+    window = next_freeze(config.spec.freeze, time.time(), expected)
     if as_json:
-        click.echo(the_plan.to_json())
+        data = the_plan.to_dict()
+        data["expected_duration_s"] = round(expected, 1)
+        data["next_freeze"] = window.to_dict() if window else None
+        emit_json(data)
         return
     if markdown:
-        click.echo(plan_markdown(the_plan), nl=False)
+        text = plan_markdown(the_plan)
+        text += f"\nExpected duration: about {format_duration(expected)}.\n"
+        if window:
+            text += f"\n**Freeze:** {window.reason}, {window.to_dict()['start']} to {window.to_dict()['end']} overlaps this plan.\n"
+        click.echo(text, nl=False)
         return
     table = Table(title=f"plan for {the_plan.environment} ({the_plan.order})")
     for column in ("service", "wave", "targets", "capacity", "gate", "after"):
@@ -110,6 +123,13 @@ def plan(spec_file: Path, as_json: bool, markdown: bool, check: bool) -> None:
     for row in plan_rows(the_plan):
         table.add_row(*row)
     out.print(table)
+    out.print(f"expected duration: about {format_duration(expected)}", markup=False)
+    if window:
+        times = window.to_dict()
+        out.print(
+            f"warning: freeze '{window.reason}' from {times['start']} to {times['end']} overlaps this plan",
+            markup=False,
+        )
     if check:
         out.print("preflight: every target reachable, versions known, traffic manager ready")
 

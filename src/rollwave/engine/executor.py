@@ -23,6 +23,7 @@ from typing import Any
 from rollwave.engine.journal import Progress, replay
 from rollwave.engine.ports import (
     Clock,
+    CommandResult,
     Deployment,
     DeploymentState,
     Driver,
@@ -169,7 +170,7 @@ class Executor:
             asyncio.create_task(self._heartbeat()),
         ]
         try:
-            if entries:
+            if any(e.kind == "deployment" for e in entries):
                 self.record("resume", "info", after_seq=self.progress.last_seq)
             else:
                 self.record("deployment", "begin", environment=self.plan.environment)
@@ -195,6 +196,27 @@ class Executor:
             return await self._rollback(self.progress.rollback_scope or None, resumed=True)
         if self.controls.rollback:
             return await self._rollback(None)
+        if "before_deployment" not in self.progress.deployment_hooks_done:
+            try:
+                await self._hook("before_deployment", None)
+            except RollwaveError as exc:
+                return Outcome(DeploymentState.FAILED, "HookFailed", exc.message)
+        failed_expand = await self._migration("expand")
+        if failed_expand is not None:
+            return failed_expand
+        outcome = await self._run_services()
+        if outcome.state is not DeploymentState.SUCCEEDED:
+            return outcome
+        failed_contract = await self._migration("contract")
+        if failed_contract is not None:
+            return failed_contract
+        try:
+            await self._hook("after_deployment", None)
+        except RollwaveError as exc:
+            return Outcome(DeploymentState.FAILED, "HookFailed", exc.message)
+        return outcome
+
+    async def _run_services(self) -> Outcome:
         order = self.plan.order
         stages: dict[int, list[ServicePlan]] = {}
         for service in self.plan.services:
@@ -276,7 +298,8 @@ class Executor:
                 continue
             if wave.approve and not self._approved(service.name, wave.number):
                 await self._await_approval(service, wave)
-            await self._hook("before_wave", service, wave=wave)
+            if not await self._wave_hook("before_wave", service, wave):
+                return False
             self.record(
                 "wave", "begin", service=service.name, wave=wave.number, targets=list(wave.targets)
             )
@@ -292,11 +315,23 @@ class Executor:
                     )
                     return False
             self.record("wave", "end", service=service.name, wave=wave.number)
-            await self._hook("after_wave", service, wave=wave)
+            if not await self._wave_hook("after_wave", service, wave):
+                return False
             if wave.bake and (service.name, wave.number) not in self.progress.bakes_done:
                 await self._bake(service, wave)
         self.record("service", "end", service=service.name, version=service.version)
         self.progress.services_done.add(service.name)
+        return True
+
+    async def _wave_hook(self, name: str, service: ServicePlan, wave: Wave) -> bool:
+        try:
+            await self._hook(name, service, wave=wave)
+        except RollwaveError as exc:
+            self._fail_once("HookFailed", exc.message)
+            self.record(
+                "service", "fail", service=service.name, wave=wave.number, reason="HookFailed"
+            )
+            return False
         return True
 
     async def _run_segment(
@@ -451,7 +486,7 @@ class Executor:
             await self._step("restart", name, target, lambda: driver.restart(target), **tag)
             await self._health(service, target, context, tag)
             if not rollback:
-                await self._hook("verify", service, target=target, context=context, step=True)
+                await self._hook("verify", service, target=target, context=context)
             await self._step("enable", name, target, lambda: traffic.enable(target), **tag)
             if not rollback:
                 await self._hook("after_target", service, target=target, context=context)
@@ -526,53 +561,135 @@ class Executor:
     async def _hook(
         self,
         name: str,
-        service: ServicePlan,
+        service: ServicePlan | None,
         *,
         target: Target | None = None,
         wave: Wave | None = None,
         context: Mapping[str, Any] | None = None,
-        step: bool = False,
     ) -> None:
+        """Run one lifecycle hook, if configured; a failing hook raises TargetError."""
         hooks = self.config.spec.hooks
         hook: HookSpec | None = getattr(hooks, name) if hooks is not None else None
         if hook is None:
             return
         values: dict[str, Any] = dict(context or {})
         values.setdefault("environment", self.plan.environment)
-        values.setdefault("service", service.name)
-        values.setdefault("version", service.version)
-        values.setdefault("previous_version", "")
         values.setdefault("deployment_id", self.deployment.id)
+        if service is not None:
+            values.setdefault("service", service.name)
+            values.setdefault("version", service.version)
+            values.setdefault("previous_version", "")
         if wave is not None:
             values["wave"] = wave.number
             values["targets"] = ",".join(wave.targets)
         argv = render_argv(hook.run, values)
-        where: dict[str, Any] = {"service": service.name, "target": target.name if target else ""}
-        self.record(f"hook:{name}", "begin", argv=argv, **where)
-        from rollwave.engine.local_run import run_argv
-        from rollwave.errors import TargetError
+        on = target if hook.on == "target" else None
+        result = await self._command(
+            f"hook:{name}",
+            argv,
+            timeout=hook.timeout,
+            service=service.name if service else "",
+            target=on,
+            where_target=target.name if target else "",
+        )
+        if not result.ok:
+            from rollwave.errors import TargetError
 
-        if hook.on == "target" and target is not None:
-            result = await self.adapters.drivers[service.name].run(
-                target, argv, timeout=hook.timeout
+            said = (result.stderr or result.stdout).strip()[-200:]
+            raise TargetError(
+                target.name if target else (service.name if service else self.plan.environment),
+                f"{name} hook failed with exit {result.exit_code}" + (f": {said}" if said else ""),
             )
-        else:
-            result = await run_argv(
-                argv, timeout=hook.timeout, clock=self.clock, cwd=self.config.base_dir
-            )
+
+    async def _command(
+        self,
+        kind: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        service: str = "",
+        target: Target | None = None,
+        where_target: str = "",
+    ) -> CommandResult:
+        """Run argv here, or on ``target`` through ``service``'s driver; journal it with its output."""
+        from rollwave.engine.local_run import run_argv
+
+        where = {"service": service, "target": where_target or (target.name if target else "")}
+        self.record(kind, "begin", argv=list(argv), **where)
+        try:
+            if target is not None:
+                driver = self.adapters.drivers[service or self._driver_for(target)]
+                result = await driver.run(target, argv, timeout=timeout)
+            else:
+                result = await run_argv(
+                    argv, timeout=timeout, clock=self.clock, cwd=self.config.base_dir
+                )
+        except RollwaveError as exc:
+            self.record(kind, "fail", error=exc.message, **where)
+            raise
         output: dict[str, Any] = {
             "exit_code": result.exit_code,
             "stdout": result.stdout[-OUTPUT_LIMIT:],
             "stderr": result.stderr[-OUTPUT_LIMIT:],
             "duration_s": round(result.duration, 3),
         }
-        if not result.ok:
-            self.record(f"hook:{name}", "fail", **where, **output)
-            raise TargetError(
-                target.name if target else service.name,
-                f"{name} hook failed with exit {result.exit_code}: {(result.stderr or result.stdout).strip()[-200:]}",
+        self.record(kind, "end" if result.ok else "fail", **where, **output)
+        return result
+
+    def _driver_for(self, target: Target) -> str:
+        """The service whose driver reaches ``target``: one it belongs to, else the first."""
+        for name, targets in self.config.targets.items():
+            if any(t.name == target.name for t in targets):
+                return name
+        return next(iter(self.config.spec.services))
+
+    # ----------------------------------------------------------- migrations
+
+    async def _migration(self, name: str) -> Outcome | None:
+        """Run expand or contract once; an Outcome when it failed (or was interrupted before)."""
+        migrations = self.config.spec.migrations
+        step = getattr(migrations, name) if migrations is not None else None
+        done = self.progress.expand_done if name == "expand" else self.progress.contract_done
+        if step is None or done:
+            return None
+        reason = f"{name.capitalize()}Failed"
+        started = (
+            self.progress.expand_started if name == "expand" else self.progress.contract_started
+        )
+        if started:
+            return Outcome(
+                DeploymentState.FAILED,
+                f"{name.capitalize()}Interrupted",
+                f"the {name} migration was interrupted by a crash and is never run twice: check its "
+                f"effect by hand (`rollwave show {self.deployment.id}`), then start a new deployment",
             )
-        self.record(f"hook:{name}", "end", **where, **output)
+        if name == "contract" and step.after:
+            self.record("bake", "begin", wave=0, seconds=step.after, before="contract")
+            await self.clock.sleep(step.after)
+            self.record("bake", "end", wave=0, before="contract")
+        argv = render_argv(
+            step.run, {"environment": self.plan.environment, "deployment_id": self.deployment.id}
+        )
+        target = None
+        if step.on is not None:
+            from rollwave.inventory import select
+
+            target = select(self.config.inventory, step.on)[0]
+        try:
+            result = await self._command(name, argv, timeout=step.timeout, target=target)
+        except RollwaveError as exc:
+            return Outcome(
+                DeploymentState.FAILED, reason, f"the {name} migration failed: {exc.message}"
+            )
+        if not result.ok:
+            said = (result.stderr or result.stdout).strip()[-200:]
+            return Outcome(
+                DeploymentState.FAILED,
+                reason,
+                f"the {name} migration failed with exit {result.exit_code}"
+                + (f": {said}" if said else ""),
+            )
+        return None
 
     # ------------------------------------------------------- bake, approval
 

@@ -34,8 +34,11 @@ class Progress:
     rolled_back: set[tuple[str, str]] = field(default_factory=set)
     rollback_started: bool = False
     rollback_scope: list[str] = field(default_factory=list)
+    expand_started: bool = False
     expand_done: bool = False
+    contract_started: bool = False
     contract_done: bool = False
+    deployment_hooks_done: set[str] = field(default_factory=set)
     last_seq: int = 0
     resumes: int = 0
 
@@ -71,10 +74,13 @@ def replay(entries: Iterable[JournalEntry]) -> Progress:
         elif entry.kind == "rollback" and entry.phase == "begin":
             progress.rollback_started = True
             progress.rollback_scope = list(entry.data.get("services", []))
-        elif entry.kind == "expand" and entry.phase == "end":
-            progress.expand_done = True
-        elif entry.kind == "contract" and entry.phase == "end":
-            progress.contract_done = True
+        elif entry.kind in ("expand", "contract"):
+            if entry.phase == "begin":
+                setattr(progress, f"{entry.kind}_started", True)
+            elif entry.phase == "end":
+                setattr(progress, f"{entry.kind}_done", True)
+        elif entry.kind.startswith("hook:") and entry.phase == "end" and not entry.service:
+            progress.deployment_hooks_done.add(entry.kind.removeprefix("hook:"))
         elif entry.kind == "resume":
             progress.resumes += 1
     return progress

@@ -26,6 +26,7 @@ __all__ = [
     "Driver",
     "JournalEntry",
     "Lease",
+    "ManualFreeze",
     "ProbeResult",
     "Prober",
     "Store",
@@ -221,6 +222,16 @@ class JournalEntry:
 
 
 @dataclass(frozen=True)
+class ManualFreeze:
+    """An environment frozen by hand with `rollwave freeze on`: who, why and since when."""
+
+    environment: str
+    reason: str
+    who: str
+    since: float
+
+
+@dataclass(frozen=True)
 class Command:
     """An operator command posted from another terminal: pause, resume, abort, approve, rollback."""
 
@@ -314,3 +325,12 @@ class Store(Protocol):
     ) -> Command: ...
 
     def commands(self, deployment_id: int, after_id: int = 0) -> list[Command]: ...
+
+    # manual freezes
+    def set_freeze(
+        self, environment: str, frozen: bool, reason: str, who: str, now: float
+    ) -> None: ...
+
+    def manual_freeze(self, environment: str) -> ManualFreeze | None:
+        """The environment's manual freeze, or None when it is not frozen by hand."""
+        ...

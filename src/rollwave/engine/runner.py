@@ -10,15 +10,16 @@ import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rollwave.engine.clock import SystemClock
 from rollwave.engine.executor import Adapters, Executor, Listener, Outcome
 from rollwave.engine.observe import observe_versions
 from rollwave.engine.ports import Clock, Deployment, DeploymentState, Store
 from rollwave.engine.wiring import build_driver, build_prober, build_traffic
-from rollwave.errors import InputError, RollwaveError, StoreError
+from rollwave.errors import FrozenError, InputError, RollwaveError, StoreError
 from rollwave.plan.planner import Plan, plan
 from rollwave.spec.load import Config
 
@@ -27,6 +28,7 @@ __all__ = [
     "PreflightError",
     "apply",
     "build_adapters",
+    "check_freeze",
     "make_plan",
     "open_state",
     "preflight",
@@ -132,6 +134,29 @@ async def preflight_only(config: Config, the_plan: Plan) -> None:
         await adapters.close()
 
 
+def check_freeze(config: Config, store: Store, now: float) -> str | None:
+    """Why the environment is frozen now (a one-line reason naming until when), or None."""
+    from datetime import UTC, datetime
+
+    from rollwave.plan.freeze import active_freeze
+
+    manual = store.manual_freeze(config.spec.environment)
+    if manual is not None:
+        since = datetime.fromtimestamp(manual.since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"environment {config.spec.environment} is frozen by {manual.who} since {since}: "
+            f"{manual.reason} (until `rollwave freeze off`)"
+        )
+    window = active_freeze(config.spec.freeze, now)
+    if window is not None:
+        until = datetime.fromtimestamp(window.end, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"environment {config.spec.environment} is frozen until {until}: {window.reason} "
+            f"(freeze {window.index + 1} in {config.path.name})"
+        )
+    return None
+
+
 async def apply(
     config: Config,
     *,
@@ -140,8 +165,16 @@ async def apply(
     clock: Clock | None = None,
     lock_ttl: float | None = None,
     on_start: Callable[[Deployment, Plan, bool], None] | None = None,
+    override_freeze: str | None = None,
+    notify_grace: float = 0.5,
 ) -> ApplyResult:
-    """Run the plan of ``config``, or resume the environment's unfinished deployment."""
+    """Run the plan of ``config``, or resume the environment's unfinished deployment.
+
+    A new deployment does not start inside a freeze (FrozenError, exit 3)
+    unless ``override_freeze`` gives the reason, which is journaled with
+    who overrode. Resuming an unfinished deployment is allowed in a freeze:
+    finishing it is safer than leaving the fleet half way.
+    """
     clock = clock or SystemClock()
     ttl = lock_ttl if lock_ttl is not None else float(os.environ.get("ROLLWAVE_LOCK_TTL", "15"))
     store = open_state(config)
@@ -157,6 +190,12 @@ async def apply(
                 deployment = unfinished
                 resumed = True
             else:
+                frozen = check_freeze(config, store, clock.now())
+                if frozen is not None and override_freeze is None:
+                    raise FrozenError(
+                        frozen,
+                        hint="to deploy anyway: rollwave apply --override-freeze --reason TEXT",
+                    )
                 the_plan = await _plan_with(config, adapters)
                 resumed = False
                 if not any(s.waves for s in the_plan.services):
@@ -185,8 +224,33 @@ async def apply(
                 deployment = store.create_deployment(
                     lease, who_am_i(), config.digest, the_plan.to_dict(), clock.now()
                 )
+                if frozen is not None:
+                    store.append(
+                        lease,
+                        deployment.id,
+                        "freeze_override",
+                        "info",
+                        clock.now(),
+                        data={"who": who_am_i(), "reason": override_freeze, "freeze": frozen},
+                    )
             if on_start is not None:
                 on_start(deployment, the_plan, resumed)
+            notifier = None
+            if config.spec.notify:
+                from rollwave.notify import Notifier
+
+                def record(deployment_id: int, kind: str, data: Mapping[str, Any]) -> None:
+                    with contextlib.suppress(RollwaveError):
+                        store.add_event(deployment_id, kind, data, clock.now())
+
+                notifier = Notifier(
+                    config.spec.notify,
+                    environment=config.spec.environment,
+                    record=record,
+                    clock=clock,
+                )
+                notifier.start()
+                listeners = [*listeners, notifier]
             executor = Executor(
                 config=config,
                 plan=the_plan,
@@ -198,7 +262,11 @@ async def apply(
                 listeners=listeners,
                 lock_ttl=ttl,
             )
-            outcome = await executor.run()
+            try:
+                outcome = await executor.run()
+            finally:
+                if notifier is not None:
+                    await notifier.close(notify_grace)
             return ApplyResult(store.get_deployment(deployment.id), outcome, resumed, the_plan)
         finally:
             with contextlib.suppress(RollwaveError):

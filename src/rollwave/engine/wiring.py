@@ -59,10 +59,9 @@ def build_driver(config: Config, service: str, clock: Clock) -> Driver:
             clock=clock,
         )
     if isinstance(spec, SSHDriverSpec):
-        raise InputError(
-            f"services.{service}.driver.kind: the ssh driver is not available in this version",
-            hint="use kind: local",
-        )
+        from rollwave.drivers.ssh import SSHDriver
+
+        return SSHDriver(service=service, spec=spec, base_dir=config.base_dir, clock=clock)
     raise InputError(f"services.{service}.driver.kind: unknown driver")  # pragma: no cover
 
 

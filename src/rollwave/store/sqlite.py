@@ -35,7 +35,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rollwave.engine.ports import Command, Deployment, DeploymentState, JournalEntry, Lease
+from rollwave.engine.ports import (
+    Command,
+    Deployment,
+    DeploymentState,
+    JournalEntry,
+    Lease,
+    ManualFreeze,
+)
 from rollwave.errors import FencedError, LockedError, NotFoundError, StoreError
 
 __all__ = ["BUSY_TIMEOUT", "SQLiteStore"]
@@ -591,6 +598,26 @@ class SQLiteStore:
                 (deployment_id,),
             ).fetchall()
             return [(row["id"], row["at"], row["kind"], _loads(row["data"])) for row in rows]
+
+    # ------------------------------------------------------------------ freezes
+
+    def set_freeze(self, environment: str, frozen: bool, reason: str, who: str, now: float) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                "INSERT INTO freezes (environment, frozen, reason, who, at) VALUES (?, ?, ?, ?, ?)",
+                (environment, int(frozen), reason, who, now),
+            )
+
+    def manual_freeze(self, environment: str) -> ManualFreeze | None:
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT frozen, reason, who, at FROM freezes WHERE environment = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (environment,),
+            ).fetchone()
+            if row is None or not row["frozen"]:
+                return None
+            return ManualFreeze(environment, row["reason"], row["who"], row["at"])
 
     # ---------------------------------------------------------- operator commands
 
