@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -268,3 +269,54 @@ def test_unwritable_state_path_is_bad_input(fleet: LocalFleet) -> None:
     assert lines[0].startswith("error: rollwave.yaml: state: cannot open state store")
     assert "blocker/state.db" in lines[0]
     assert set(fleet.current().values()) == {None}
+
+
+def test_progress_deadline(fleet: LocalFleet) -> None:
+    """No target turning healthy within progress_deadline fails the rollout (and rolls it back)."""
+    deploy_v1(fleet)
+    fleet.build("2.0.0", {"fail_health": True})
+    fleet.write_spec("2.0.0", waves=[1, "100%"], deadline="60s", progress_deadline="2s")
+    started = time.monotonic()
+    result = fleet.run("apply", "--yes")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    status = fleet.status()
+    assert status["reason"] == "ProgressDeadlineExceeded"
+    assert status["state"] == "rolled_back"
+    assert set(fleet.served().values()) == {"1.0.0"}
+    fleet.assert_one_process_each()
+
+
+def test_preflight_refuses_when_the_rollback_release_is_gone(fleet: LocalFleet) -> None:
+    """A target whose previous release was deleted fails preflight: rollback would be impossible, so nothing changes."""
+    import shutil
+
+    deploy_v1(fleet)
+    shutil.rmtree(fleet.base / "fleet" / "app-2" / "releases" / "1.0.0")
+    fleet.write_spec("2.0.0")
+    result = fleet.run("apply", "--yes")
+    assert result.returncode == 2
+    assert (
+        "app/app-2: preflight: release 1.0.0 (the rollback target) is no longer present"
+        in result.stderr
+    )
+    assert set(fleet.current().values()) == {"1.0.0"}
+
+
+def test_rollback_of_a_finished_deployment(fleet: LocalFleet) -> None:
+    """`rollwave rollback` on a finished deployment rolls forward to the previous version; --to picks one."""
+    deploy_v1(fleet)
+    fleet.write_spec("2.0.0", waves=["100%"], max_unavailable=2)
+    assert fleet.run("apply", "--yes").returncode == 0
+    back = fleet.run("rollback", "--json")
+    assert back.returncode == 0, back.stderr
+    assert set(fleet.served().values()) == {"1.0.0"}
+    forward = fleet.run("rollback", "--to", "2.0.0")
+    assert forward.returncode == 0, forward.stderr
+    assert set(fleet.served().values()) == {"2.0.0"}
+    history = fleet.run("history", "--json")
+    assert [h["services"]["app"] for h in json.loads(history.stdout)[:3]] == [
+        "2.0.0",
+        "1.0.0",
+        "2.0.0",
+    ]

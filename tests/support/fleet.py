@@ -133,6 +133,7 @@ class LocalFleet:
         start: list[str] | None = None,
         services: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        progress_deadline: str = "10m",
     ) -> Path:
         """Write rollwave.yaml: one service ``app`` of every slot, unless ``services`` is given."""
         spec: dict[str, Any] = {
@@ -147,6 +148,7 @@ class LocalFleet:
                 "bake": bake,
                 "approve_before": approve_before or [],
                 "failure": {"tolerate": tolerate, "action": action, "scope": scope},
+                "progress_deadline": progress_deadline,
             },
         }
         if extra:
