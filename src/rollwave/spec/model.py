@@ -260,11 +260,28 @@ class AnalysisCheck(Frozen):
 
 
 class CanarySpec(Frozen):
+    """Canary vs baseline, metric by metric (Mann-Whitney U), scored like Kayenta.
+
+    ``directions`` says, per metric, which difference is harmful:
+    ``increase`` (higher is worse), ``decrease`` (lower is worse) or
+    ``either``. A metric without one takes the default by its name:
+    latency* and error* increase, throughput and request_rate decrease,
+    anything else either.
+    """
+
     metrics: Annotated[list[str], Field(min_length=1)]
     confidence: float = Field(default=0.95, gt=0, lt=1)
     pass_score: float = Field(default=95.0, alias="pass", ge=0, le=100)
     marginal: float = Field(default=75.0, ge=0, le=100)
     min_samples: int = Field(default=10, ge=3)
+    directions: dict[str, Literal["increase", "decrease", "either"]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _directions_of_metrics(self) -> CanarySpec:
+        unknown = sorted(set(self.directions) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"directions name {', '.join(unknown)}, which metrics does not list")
+        return self
 
 
 class AnalysisSpec(Frozen):
