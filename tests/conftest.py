@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["support.processes", "support.requirements"]
+pytest_plugins = ["support.processes", "support.requirements", "support.netns"]

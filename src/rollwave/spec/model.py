@@ -110,6 +110,7 @@ class SSHDriverSpec(Frozen):
     artifact: str
     root: str
     restart: Argv
+    stop: Argv | None = None
     keep: int = Field(default=5, ge=1)
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
