@@ -317,8 +317,16 @@ class Executor:
             self.record("wave", "end", service=service.name, wave=wave.number)
             if not await self._wave_hook("after_wave", service, wave):
                 return False
-            if wave.bake and (service.name, wave.number) not in self.progress.bakes_done:
-                await self._bake(service, wave)
+            baking = wave.bake and (service.name, wave.number) not in self.progress.bakes_done
+            if baking and not await self._bake(service, wave):
+                self.record(
+                    "service",
+                    "fail",
+                    service=service.name,
+                    wave=wave.number,
+                    reason="AnalysisFailed",
+                )
+                return False
         self.record("service", "end", service=service.name, version=service.version)
         self.progress.services_done.add(service.name)
         return True
@@ -693,18 +701,102 @@ class Executor:
 
     # ------------------------------------------------------- bake, approval
 
-    async def _bake(self, service: ServicePlan, wave: Wave) -> None:
+    async def _bake(self, service: ServicePlan, wave: Wave) -> bool:
+        """Observe for ``wave.bake`` seconds, judging metrics each interval; False when analysis failed."""
         self.record("bake", "begin", service=service.name, wave=wave.number, seconds=wave.bake)
-        until = self.clock.now() + wave.bake
-        while self.clock.now() < until or self.controls.paused:
-            if self.controls.aborted or self.controls.rollback or self._lease_lost:
-                raise _Stop
-            if self.controls.paused:
-                await self._wait_controls()  # a paused bake holds the next wave back
-                continue
-            await self.clock.sleep(min(self.poll_interval, until - self.clock.now()))
+        analysis = self._analysis(service, wave)
+        interval = self.config.spec.analysis.interval if self.config.spec.analysis else wave.bake
+        try:
+            if analysis is not None:
+                self.record(
+                    "analysis", "begin", service=service.name, wave=wave.number, interval=interval
+                )
+                self._journal_measurements(service, wave, await analysis.start())
+            until = self.clock.now() + wave.bake
+            tick = self.clock.now() + interval
+            while self.clock.now() < until or self.controls.paused:
+                if self.controls.aborted or self.controls.rollback or self._lease_lost:
+                    raise _Stop
+                if self.controls.paused:
+                    await self._wait_controls()  # a paused bake holds the next wave back
+                    continue
+                if analysis is not None and self.clock.now() >= tick:
+                    tick += interval
+                    self._journal_measurements(service, wave, await analysis.step())
+                    if not self._judge(analysis, service, wave):
+                        return False
+                wake = min(until, tick) if analysis is not None else until
+                await self.clock.sleep(max(0.0, min(self.poll_interval, wake - self.clock.now())))
+            if analysis is not None:
+                self._journal_measurements(service, wave, analysis.finish())
+                if not self._judge(analysis, service, wave):
+                    return False
+                self.record("analysis", "end", service=service.name, wave=wave.number)
+        finally:
+            if analysis is not None:
+                await analysis.close()
         self.record("bake", "end", service=service.name, wave=wave.number)
         self.progress.bakes_done.add((service.name, wave.number))
+        return True
+
+    def _analysis(self, service: ServicePlan, wave: Wave) -> Any:
+        spec = self.config.spec.analysis
+        if spec is None or (not spec.checks and spec.canary is None):
+            return None
+        from rollwave.analysis.run import BakeAnalysis
+        from rollwave.spec.templates import render
+
+        previous = [v for v in service.previous.values() if v]
+        context = {
+            "environment": self.plan.environment,
+            "service": service.name,
+            "version": service.version,
+            "previous_version": max(set(previous), key=previous.count) if previous else "",
+            "targets": list(wave.targets),
+        }
+        targets = self.config.targets[service.name]
+
+        def urls_for(template: str) -> dict[str, str]:
+            return {
+                t.name: render(template, target_context(self.config, service.name, t))
+                for t in targets
+            }
+
+        return BakeAnalysis(spec, context=context, urls_for=urls_for, clock=self.clock)
+
+    def _journal_measurements(self, service: ServicePlan, wave: Wave, measurements: Any) -> None:
+        for measurement in measurements:
+            self.record(
+                "measurement",
+                "info",
+                service=service.name,
+                wave=wave.number,
+                **measurement.to_data(),
+            )
+
+    def _judge(self, analysis: Any, service: ServicePlan, wave: Wave) -> bool:
+        """False (and the failure recorded) when the analysis failed; a pause request pauses."""
+        if analysis.failed is not None:
+            message = f"{service.name} wave {wave.number}: {analysis.failed.message}"
+            self.record(
+                "analysis",
+                "fail",
+                service=service.name,
+                wave=wave.number,
+                reason="AnalysisFailed",
+                message=message,
+            )
+            self._fail_once("AnalysisFailed", message)
+            return False
+        if analysis.paused is not None and not self.controls.paused:
+            self.controls.paused = True
+            self.set_state(
+                DeploymentState.PAUSED,
+                "AnalysisInconclusive",
+                f"{service.name} wave {wave.number}: {analysis.paused.message} — `rollwave resume` to go on",
+            )
+            analysis.paused = None
+        return True
 
     def _approved(self, service: str, wave: int) -> bool:
         return (service, wave) in self.progress.approvals or (

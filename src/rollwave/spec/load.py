@@ -577,6 +577,7 @@ def _check_placeholders(spec: Spec, targets: Mapping[str, Sequence[Target]], out
                 out,
             )
     if spec.analysis is not None:
+        target_scope = set(TARGET_FIELDS) | all_vars
         for index, check in enumerate(spec.analysis.checks):
             _check_fields(
                 iter([(("analysis", "checks", str(index), "query"), check.query)]),
@@ -584,6 +585,25 @@ def _check_placeholders(spec: Spec, targets: Mapping[str, Sequence[Target]], out
                 "",
                 out,
             )
+            if check.scrape is not None:
+                _check_fields(
+                    iter([(("analysis", "checks", str(index), "scrape"), check.scrape)]),
+                    target_scope,
+                    "",
+                    out,
+                )
+        canary = spec.analysis.canary
+        if canary is not None:
+            if canary.scrape is not None:
+                _check_fields(
+                    iter([(("analysis", "canary", "scrape"), canary.scrape)]), target_scope, "", out
+                )
+            elif not any(c.scrape for c in spec.analysis.checks):
+                out.problem(
+                    ("analysis", "canary"),
+                    "the canary needs metrics from the targets: give scrape "
+                    '(e.g. "http://{address}:{http_port}/metrics") or a scrape check',
+                )
     if spec.migrations is not None:
         for step_name in ("expand", "contract"):
             step = getattr(spec.migrations, step_name)

@@ -253,7 +253,7 @@ class AnalysisCheck(Frozen):
     def _source_and_bound(self) -> AnalysisCheck:
         if (self.prometheus is None) == (self.scrape is None):
             raise ValueError(
-                "give exactly one source: prometheus (a URL) or scrape (a metrics path)"
+                "give exactly one source: prometheus (a URL) or scrape (a metrics URL template, e.g. http://{address}:{http_port}/metrics)"
             )
         if self.max is None and self.min is None:
             raise ValueError("give max, min or both")
@@ -275,6 +275,7 @@ class CanarySpec(Frozen):
     pass_score: float = Field(default=95.0, alias="pass", ge=0, le=100)
     marginal: float = Field(default=75.0, ge=0, le=100)
     min_samples: int = Field(default=10, ge=3)
+    scrape: str | None = None  # metrics URL template per target; default: the first scrape check's
     directions: dict[str, Literal["increase", "decrease", "either"]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
