@@ -258,9 +258,21 @@ def _summary(store: Any, deployment: Deployment) -> dict[str, Any]:
                 "skipped": len(service["skipped"]),
             }
         )
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry.kind == "measurement":
+            latest[str(entry.data.get("check"))] = {
+                "service": entry.service,
+                **{
+                    k: entry.data[k]
+                    for k in ("wave", "check", "status", "value", "score", "message")
+                    if k in entry.data
+                },
+            }
     return {
         "id": deployment.id,
         "environment": deployment.environment,
+        "analysis": list(latest.values()),
         "state": deployment.state.value,
         "reason": deployment.reason,
         "message": deployment.message,
@@ -308,6 +320,12 @@ def status(deployment_id: int | None, spec_file: Path, as_json: bool) -> None:
             f"{s['waves_done']}/{s['waves']}",
         )
     out.print(table)
+    for measurement in summary["analysis"]:
+        out.print(
+            f"analysis {measurement['service']} wave {measurement.get('wave')}: "
+            f"{measurement['status']} — {measurement['message']}",
+            markup=False,
+        )
 
 
 @cli.command()
