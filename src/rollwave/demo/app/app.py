@@ -239,6 +239,8 @@ class DemoServer(ThreadingHTTPServer):
     # Non-daemon threads, joined by server_close(): in-flight requests finish on SIGTERM.
     daemon_threads = False
     block_on_close = True
+    # socketserver listens with a backlog of 5: a busy CPU then drops connections.
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], version: str, behaviour: Behaviour, metrics: Metrics
