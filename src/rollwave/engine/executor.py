@@ -372,6 +372,9 @@ class Executor:
         async def watchdog() -> None:
             while True:
                 await self.clock.sleep(min(1.0, deadline))
+                if self.controls.paused:
+                    last_progress[0] = self.clock.now()  # time spent paused is not lost progress
+                    continue
                 if self.clock.now() - last_progress[0] >= deadline:
                     self._fail_once(
                         "ProgressDeadlineExceeded",
