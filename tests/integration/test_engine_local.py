@@ -320,3 +320,52 @@ def test_rollback_of_a_finished_deployment(fleet: LocalFleet) -> None:
         "1.0.0",
         "2.0.0",
     ]
+
+
+def test_failure_action_abort_stops_without_rollback(fleet: LocalFleet) -> None:
+    """action: abort stops at the first failure past the budget and leaves the failed target drained, no rollback."""
+    deploy_v1(fleet)
+    fleet.build("2.0.0", {"fail_health": True})
+    fleet.write_spec("2.0.0", waves=[1, "100%"], action="abort", deadline="1s")
+    result = fleet.run("apply", "--yes")
+    assert result.returncode == 1
+    status = fleet.status()
+    assert status["state"] == "failed"
+    assert status["reason"] == "BudgetExceeded"
+    assert fleet.traffic()["app-1"] == "drain"
+    assert fleet.current()["app-1"] == "2.0.0"
+    assert not any(d.get("rollback") for _, _, _, d in fleet.journal())
+
+
+def test_failure_action_pause_waits_for_an_operator(fleet: LocalFleet) -> None:
+    """action: pause leaves the deployment paused until an operator decides; rollback then restores v1."""
+    deploy_v1(fleet)
+    fleet.build("2.0.0", {"fail_health": True})
+    fleet.write_spec("2.0.0", waves=[1, "100%"], action="pause", deadline="1s")
+    engine = fleet.popen("apply", "--yes")
+    deadline = time.monotonic() + 30
+    while fleet.status()["state"] != "paused":
+        assert time.monotonic() < deadline, "never paused"
+        time.sleep(0.2)
+    assert fleet.status()["reason"] == "BudgetExceeded"
+    assert engine.poll() is None  # still waiting for someone
+    assert fleet.run("rollback").returncode == 0
+    assert engine.wait(timeout=30) == 1
+    assert fleet.status()["state"] == "rolled_back"
+    assert set(fleet.served().values()) == {"1.0.0"}
+
+
+def test_approval_timeout_fails_the_rollout(fleet: LocalFleet) -> None:
+    """A gate nobody approves within approval_timeout fails the rollout, which rolls back."""
+    deploy_v1(fleet)
+    fleet.write_spec("2.0.0", waves=[1, "100%"], approve_before=[2])
+    spec = (fleet.base / "rollwave.yaml").read_text()
+    (fleet.base / "rollwave.yaml").write_text(
+        spec.replace("  approve_before:", "  approval_timeout: 2s\n  approve_before:")
+    )
+    result = fleet.run("apply", "--yes")
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = fleet.status()
+    assert status["reason"] == "ApprovalTimeout"
+    assert status["state"] == "rolled_back"
+    assert set(fleet.served().values()) == {"1.0.0"}
