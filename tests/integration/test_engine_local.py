@@ -369,3 +369,25 @@ def test_approval_timeout_fails_the_rollout(fleet: LocalFleet) -> None:
     assert status["reason"] == "ApprovalTimeout"
     assert status["state"] == "rolled_back"
     assert set(fleet.served().values()) == {"1.0.0"}
+
+
+def test_report_lists_what_changed_and_what_failed(fleet: LocalFleet) -> None:
+    """`rollwave report` gives every target's from/to and outcome, the failed one with its reason, as JSON, Markdown and HTML."""
+    deploy_v1(fleet)
+    fleet.set_var("app-3", "fail", "1")
+    fleet.write_spec("2.0.0", waves=[1, "100%"], tolerate=1, deadline="1s")
+    assert fleet.run("apply", "--yes").returncode == 0
+    data = json.loads(fleet.run("report", "--json").stdout)
+    assert data["state"] == "succeeded"
+    assert data["failed"] == ["app-3"]
+    outcomes = {t["target"]: (t["previous"], t["version"], t["outcome"]) for t in data["targets"]}
+    assert outcomes["app-1"] == ("1.0.0", "2.0.0", "replaced")
+    assert outcomes["app-3"] == ("1.0.0", "2.0.0", "failed")
+    failed = next(t for t in data["targets"] if t["target"] == "app-3")
+    assert "not healthy after 1s" in failed["reason"]
+    markdown = fleet.run("report", "--markdown").stdout
+    assert "## Failed targets" in markdown
+    assert "- app/app-3: app-3: not healthy after 1s" in markdown
+    page = fleet.base / "report.html"
+    assert fleet.run("report", "--html", str(page)).returncode == 0
+    assert "<td>app-3</td>" in page.read_text()

@@ -594,3 +594,42 @@ def freeze(state: str, reason: str, spec_file: Path, as_json: bool) -> None:
     else:
         verb = "frozen" if state == "on" else "no longer frozen by hand"
         out.print(f"environment {config.spec.environment} is {verb}: {reason}", markup=False)
+
+
+@cli.command()
+@click.argument("deployment_id", type=int, required=False)
+@spec_option
+@json_option
+@click.option("--markdown", is_flag=True, help="The report as Markdown.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an HTML page.",
+)
+def report(
+    deployment_id: int | None,
+    spec_file: Path,
+    as_json: bool,
+    markdown: bool,
+    html_file: Path | None,
+) -> None:
+    """What a deployment changed, where, what failed and why, and who intervened."""
+    from rollwave.report.build import build_report
+    from rollwave.report.render import to_html, to_markdown
+
+    _, store, deployment = _store_and_deployment(spec_file, deployment_id)
+    try:
+        built = build_report(
+            deployment, store.journal(deployment.id), store.commands(deployment.id)
+        )
+    finally:
+        store.close()
+    if html_file is not None:
+        html_file.write_text(to_html(built), encoding="utf-8")
+        if not as_json:
+            out.print(f"wrote {html_file}", markup=False)
+    if as_json:
+        emit_json(built.to_dict())
+    elif markdown or html_file is None:
+        click.echo(to_markdown(built), nl=False)
