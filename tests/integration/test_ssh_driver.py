@@ -399,12 +399,25 @@ def test_jump_host_tunnels_the_connection(ssh_fleet: Fleet) -> None:
     assert f"Accepted publickey for root from {jump.address} " in host.sshd_log.read_text()
 
 
+class RecordingClock(SystemClock):
+    """The system clock, remembering every sleep the driver asks for."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await super().sleep(seconds)
+
+
 def test_unreachable_host_fails_after_three_connection_tries(ssh_fleet: Fleet) -> None:
-    """A host whose link is down fails with a DriverError after 3 timed-out connection attempts."""
+    """A host whose link is down fails with a DriverError after 3 connection tries with backoff."""
     fleet = ssh_fleet(1)
     host, target = fleet.hosts[0], fleet.targets()[0]
     fleet.set_link(host, up=False)
     driver = make_driver(fleet, connect_timeout=1)
+    clock = RecordingClock()
+    driver.clock = clock
 
     async def scenario() -> None:
         try:
@@ -415,8 +428,10 @@ def test_unreachable_host_fails_after_three_connection_tries(ssh_fleet: Fleet) -
 
     started = time.monotonic()
     asyncio.run(scenario())
-    elapsed = time.monotonic() - started
-    assert 3 + 1.5 <= elapsed < 15  # three 1 s timeouts and 0.5 s + 1 s of backoff
+    assert clock.sleeps == [0.5, 1.0]  # backoff before the 2nd and the 3rd try, none after
+    # each try ends after its 1 s timeout, or sooner once the kernel gave up on the address
+    assert time.monotonic() - started < 15
+    assert fleet.logins(host) == 0
 
 
 # --------------------------------------------------------------- validation

@@ -455,26 +455,25 @@ class SSHDriver:
         shown = shown or steps[0][0]
         host = self._endpoint(target).host
         started = self.clock.now()
+        process: asyncssh.SSHClientProcess[str] | None = None
         try:
-            process = await conn.create_process(
-                line, stdin=asyncssh.DEVNULL, encoding="utf-8", errors="replace"
-            )
-        except (asyncssh.Error, OSError) as exc:
-            self._forget(conn)
-            raise DriverError(target.name, f"cannot run {shown} on {host}: {exc}") from exc
-        try:
-            done = await process.wait(timeout=timeout)
-        except asyncssh.TimeoutError as exc:
-            process.close()
+            async with asyncio.timeout(timeout):
+                process = await conn.create_process(
+                    line, stdin=asyncssh.DEVNULL, encoding="utf-8", errors="replace"
+                )
+                done = await process.wait()
+        except TimeoutError as exc:
+            self._close(process)
             self._forget(conn)
             raise DriverError(
                 target.name, f"{host} did not answer within {timeout:g}s while running {shown}"
             ) from exc
         except (asyncssh.Error, OSError) as exc:
+            self._close(process)
             self._forget(conn)
             raise DriverError(target.name, f"running {shown} on {host} failed: {exc}") from exc
         except BaseException:  # cancelled: close the channel
-            process.close()
+            self._close(process)
             raise
         if done.exit_status is None and done.exit_signal is None:
             self._forget(conn)
@@ -561,6 +560,11 @@ class SSHDriver:
             raise _Retry(exc) from exc
         except (asyncssh.Error, ValueError) as exc:  # key exchange, bad key file
             raise DriverError(target.name, f"cannot connect to {role}{endpoint}: {exc}") from exc
+
+    @staticmethod
+    def _close(process: asyncssh.SSHClientProcess[str] | None) -> None:
+        if process is not None:
+            process.close()
 
     def _forget(self, conn: asyncssh.SSHClientConnection) -> None:
         """Drop a connection that failed, so that the next step opens a new one."""
