@@ -267,20 +267,29 @@ def test_changed_host_key_refuses_that_host_before_anything_changes(
 
 
 def test_unknown_host_is_refused_and_insecure_mode_warns(ssh_fleet: Fleet) -> None:
-    """A host missing from known_hosts is refused; skipping the check warns loudly and connects."""
+    """A host missing from known_hosts (or with no file at all) is refused; skipping the check warns."""
     fleet = ssh_fleet(1)
     host, target = fleet.hosts[0], fleet.targets()[0]
     fleet.known_hosts.write_text("")
-    driver = make_driver(fleet)
+    empty = make_driver(fleet)
+    fleet.known_hosts.write_text(f"{host.address} {fleet.public_host_key(host)}\n")
+    gone = make_driver(fleet)  # built while the file exists, which then disappears
+    fleet.known_hosts.unlink()
+    expected = (
+        f"host-0: host key for {host.address} is not trusted (known_hosts: {fleet.known_hosts})"
+    )
 
-    async def refused() -> None:
+    async def refused(driver: SSHDriver) -> None:
         try:
-            with pytest.raises(DriverError, match=r"host key for .* is not trusted"):
+            with pytest.raises(DriverError) as caught:
                 await driver.current_version(target)
+            assert str(caught.value) == expected
         finally:
             await driver.close()
 
-    asyncio.run(refused())
+    asyncio.run(refused(gone))
+    fleet.known_hosts.write_text("")
+    asyncio.run(refused(empty))
     assert fleet.logins(host) == 0
 
     with pytest.warns(InsecureHostKeyWarning, match="NOT verified"):

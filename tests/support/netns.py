@@ -4,7 +4,8 @@
 
 - a bridge ``rwbr<id>`` in the root namespace at ``10.231.<k>.1/24``, where
   ``k`` is the first third octet no interface or route of this machine uses
-  yet (chosen under a lock file, so concurrent test runs do not collide);
+  yet (chosen under a machine-wide lock, so concurrent test runs do not
+  collide);
 - per host ``i`` (0-based) a namespace ``rwtest-<pid>-<id>-<i>`` with a veth
   pair (``rw<id>h<i>`` on the bridge, ``eth0`` inside) at ``10.231.<k>.(10+i)``;
 - per host its own ``sshd -D -e`` (own config, host key, PID file and log;
@@ -32,7 +33,6 @@ the fleet directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -61,7 +61,7 @@ __all__ = ["APP_PORT", "Host", "SSHFleet", "ssh_fleet"]
 
 APP_PORT = 8080
 SUBNET_PREFIX = "10.231"
-_LOCK = Path(tempfile.gettempdir()) / "rollwave-netns.lock"
+_LOCK_NAME = "\0rollwave-test-fleet-subnet"  # abstract unix socket: no file
 
 SUPERVISOR = r'''
 """supervisor.py ROOT HOST PORT: run ROOT/current/app.py; restart it when asked or when it exits."""
@@ -286,8 +286,7 @@ class SSHFleet:
 
     def _make_bridge(self) -> None:
         self.bridge = f"rwbr{self.id}"
-        with _LOCK.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _subnet_lock():
             used = _used_third_octets()
             free = next((k for k in range(256) if k not in used), None)
             if free is None:
@@ -528,6 +527,29 @@ def _run(argv: list[str]) -> str:
             f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result.stdout
+
+
+@contextlib.contextmanager
+def _subnet_lock(timeout: float = 60.0) -> Iterator[None]:
+    """A machine-wide mutex for choosing a subnet: a bound abstract unix socket.
+
+    The kernel releases it when the socket closes or its process dies, and
+    it leaves no file behind.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                sock.bind(_LOCK_NAME)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield
+    finally:
+        sock.close()
 
 
 def _used_third_octets() -> set[int]:

@@ -26,7 +26,9 @@ Login options come from the inventory first (``ansible_user``,
 ``ansible_ssh_private_key_file`` from its vars), then the spec (``user``,
 ``port``, ``key``); without a key, the SSH agent and the default keys in
 ``~/.ssh`` are tried. ``jump_host`` (``[user@]host[:port]``) is reached
-first with the same options and tunnels every connection.
+first with the same options and tunnels every connection. The user's
+``~/.ssh/config`` supplies defaults for what neither gives, as it does for
+``ssh``.
 
 Every remote command is an argv rendered with ``shlex.join`` only here, at
 the transport. No asyncssh exception (nor an ``OSError``) leaves this
@@ -189,7 +191,11 @@ class SSHDriver:
             state = await self._state(target, conn, root)
             if version not in state.releases:
                 _, local = self._artifact(target, root, version, state.current)
-                if not await asyncio.to_thread(tarfile.is_tarfile, local):
+                try:
+                    is_tar = await asyncio.to_thread(tarfile.is_tarfile, local)
+                except OSError as exc:
+                    raise DriverError(target.name, f"cannot read artifact {local}: {exc}") from exc
+                if not is_tar:
                     raise DriverError(target.name, f"artifact {local} is not a tar archive")
             ctx = self._context(target, root, version, state.current)
             steps = [commands.check_root(root)]
@@ -530,9 +536,12 @@ class SSHDriver:
         role: str,
     ) -> asyncssh.SSHClientConnection:
         """One connection attempt; fatal problems are DriverError, the rest _Retry."""
+        known_hosts: str | asyncssh.SSHKnownHosts | None = self._known_hosts
+        if self._known_hosts is not None and not os.path.isfile(self._known_hosts):
+            known_hosts = asyncssh.import_known_hosts("")  # no file: no host is trusted
         options: dict[str, Any] = {
             "username": endpoint.user,
-            "known_hosts": self._known_hosts,
+            "known_hosts": known_hosts,
             "connect_timeout": self.spec.connect_timeout,
             "keepalive_interval": max(1.0, self.spec.connect_timeout),
             "keepalive_count_max": 3,
