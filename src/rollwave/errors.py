@@ -7,7 +7,8 @@ line and a documented exit code::
     RollwaveError                 exit 1 unless a subclass says otherwise
     ├── InputError                exit 2  bad input: spec, inventory, arguments
     │   ├── SpecError             rollwave.yaml problems, one Problem per line
-    │   └── InventoryError        inventory problems, with file and line
+    │   │   └── InventoryError    inventory problems, with file and line
+    │   └── PreflightError        a target cannot be deployed to (named with its step)
     ├── LockedError               exit 3  another run holds the environment
     ├── FrozenError               exit 3  the environment is in a freeze
     ├── DeploymentFailed          exit 1  rolled back, or left paused
@@ -36,6 +37,7 @@ __all__ = [
     "InventoryError",
     "LockedError",
     "NotFoundError",
+    "PreflightError",
     "Problem",
     "RollwaveError",
     "SpecError",
@@ -90,6 +92,10 @@ class SpecError(InputError):
 
 class InventoryError(SpecError):
     """One or more problems in an inventory file."""
+
+
+class PreflightError(InputError):
+    """A target cannot be observed or deployed to; nothing was changed. One line per target."""
 
 
 class NotFoundError(InputError):

@@ -19,7 +19,7 @@ from rollwave.engine.executor import Adapters, Executor, Listener, Outcome
 from rollwave.engine.observe import observe_versions
 from rollwave.engine.ports import Clock, Deployment, DeploymentState, Store
 from rollwave.engine.wiring import build_driver, build_prober, build_traffic
-from rollwave.errors import FrozenError, InputError, RollwaveError, StoreError
+from rollwave.errors import FrozenError, InputError, PreflightError, RollwaveError, StoreError
 from rollwave.plan.planner import Plan, plan
 from rollwave.spec.load import Config
 
@@ -35,10 +35,6 @@ __all__ = [
     "preflight_only",
     "who_am_i",
 ]
-
-
-class PreflightError(InputError):
-    """A target cannot be deployed to; nothing was changed."""
 
 
 @dataclass(frozen=True)

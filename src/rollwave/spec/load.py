@@ -532,8 +532,8 @@ def _check_placeholders(spec: Spec, targets: Mapping[str, Sequence[Target]], out
         every_service_vars = common if every_service_vars is None else every_service_vars & common
         target_scope = set(TARGET_FIELDS) | common
         driver = service.driver.model_dump(mode="python")
-        for key in ("artifact", "root", "start", "restart"):
-            if key in driver:
+        for key in ("artifact", "root", "start", "restart", "stop"):
+            if driver.get(key) is not None:
                 scope = target_scope - {"release"} if key in ("artifact", "root") else target_scope
                 if key == "root":
                     scope = scope - {"version", "previous_version"}
