@@ -294,3 +294,33 @@ def test_arbitrary_text_never_crashes(text: str) -> None:
         load_spec_text(text)
     except SpecError as exc:
         assert exc.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00garbage",
+        b"services: [",
+        b"- 1\n- 2\n",
+        b"environment: [prod\n",
+        b"a: *unknown_anchor\n",
+        b"",
+    ],
+    ids=["binary", "unclosed", "list", "bad-flow", "anchor", "empty"],
+)
+def test_cli_exits_2_without_traceback(tmp_path: Path, content: bytes) -> None:
+    """`rollwave validate` on broken input prints problem lines and exits 2, never a traceback."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "rollwave.yaml"
+    spec.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "rollwave.cli", "validate", "-f", str(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(str(spec))
