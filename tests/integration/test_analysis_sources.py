@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from rollwave.analysis.judges import CanaryOutcome, MetricClass, canary_judge
 from rollwave.analysis.scrape import ScrapeDelta, parse_query, samples_by_interval
 from rollwave.analysis.sources import PrometheusSource, ScrapeSource, render_query
 from rollwave.demo.artifacts import build_artifact
-from support.requirements import require_binary
+from support.prometheus import prometheus_server, static_job
 
 pytestmark = pytest.mark.integration
 
@@ -175,73 +174,12 @@ def fleet() -> Iterator[Fleet]:
 @pytest.fixture(scope="module")
 def prometheus(fleet: Fleet) -> Iterator[str]:
     """A real Prometheus on a free loopback port scraping the fleet every second; its URL."""
-    binary = require_binary("prometheus", "prometheus")
-    port = free_port()
-    groups = [
-        {"targets": [f"127.0.0.1:{app.port}"], "labels": {"rollwave_target": name}}
-        for name, app in fleet.apps.items()
-    ]
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "demo", "static_configs": groups},
-            # A decoy whose name "web.3" matches as an unescaped regex, on web-1's port.
-            {
-                "job_name": "decoy",
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{fleet.apps['web-1'].port}"],
-                        "labels": {"rollwave_target": "webx3"},
-                    }
-                ],
-            },
-        ],
-    }
-    with tempfile.TemporaryDirectory(prefix="rollwave-prometheus-") as tmp:
-        root = Path(tmp)
-        (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        log = root / "prometheus.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={root / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={root / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=root,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_prometheus(url, process, log)
-            yield url
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            process.wait()
-
-
-def wait_prometheus(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Wait until Prometheus is ready and holds at least 10s of scrapes of every target."""
-    deadline = time.monotonic() + 60
-    query = 'min(count_over_time(up{job="demo"}[12s]))'
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {process.returncode}: {log.read_text()}")
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
-            answer = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=2).json()
-            result = answer["data"]["result"]
-            if result and float(result[0]["value"][1]) >= 11:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"prometheus had no 11 scrapes within 60s: {log.read_text()[-2000:]}")
+    demo = static_job("demo", {name: f"127.0.0.1:{app.port}" for name, app in fleet.apps.items()})
+    # A decoy whose name "web.3" matches as an unescaped regex, on web-1's port.
+    decoy = static_job("decoy", {"webx3": f"127.0.0.1:{fleet.apps['web-1'].port}"})
+    with prometheus_server([demo, decoy]) as server:
+        server.wait_scraped("demo", 11)  # at least 10s of history for the [10s] rates
+        yield server.url
 
 
 # ------------------------------------------------------------------------- render_query

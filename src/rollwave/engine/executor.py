@@ -706,17 +706,20 @@ class Executor:
 
     async def _bake(self, service: ServicePlan, wave: Wave) -> bool:
         """Observe for ``wave.bake`` seconds, judging metrics each interval; False when analysis failed."""
-        self.record("bake", "begin", service=service.name, wave=wave.number, seconds=wave.bake)
+        # Set up first (importing the judges alone takes a second): the bake and its
+        # intervals are counted from `bake begin`, not from whenever set-up ended.
         analysis = self._analysis(service, wave)
         interval = self.config.spec.analysis.interval if self.config.spec.analysis else wave.bake
         try:
+            self.record("bake", "begin", service=service.name, wave=wave.number, seconds=wave.bake)
+            began = self.clock.now()
             if analysis is not None:
                 self.record(
                     "analysis", "begin", service=service.name, wave=wave.number, interval=interval
                 )
                 self._journal_measurements(service, wave, await analysis.start())
-            until = self.clock.now() + wave.bake
-            tick = self.clock.now() + interval
+            until = began + wave.bake
+            tick = began + interval
             while self.clock.now() < until or self.controls.paused:
                 if self.controls.aborted or self.controls.rollback or self._lease_lost:
                     raise _Stop
@@ -724,10 +727,15 @@ class Executor:
                     await self._wait_controls()  # a paused bake holds the next wave back
                     continue
                 if analysis is not None and self.clock.now() >= tick:
-                    tick += interval
                     self._journal_measurements(service, wave, await analysis.step())
                     if not self._judge(analysis, service, wave):
                         return False
+                    tick += interval
+                    late = self.clock.now() - tick
+                    if late >= 0 and interval > 0:
+                        # The step overran the next tick (a slow source): skip the ticks it
+                        # missed rather than measure near-empty windows back to back.
+                        tick += (late // interval + 1) * interval
                 wake = min(until, tick) if analysis is not None else until
                 await self.clock.sleep(max(0.0, min(self.poll_interval, wake - self.clock.now())))
             if analysis is not None:
