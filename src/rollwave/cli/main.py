@@ -144,8 +144,14 @@ def _debug_log(exc: BaseException) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and map every outcome to a documented exit code."""
+    import warnings
+
     from rollwave.cli import commands  # noqa: F401 - registers the engine commands
 
+    def show_warning(message: Warning | str, *_: object, **__: object) -> None:
+        err.print(f"warning: {message}", markup=False, style="bold yellow")
+
+    warnings.showwarning = show_warning  # type: ignore[assignment]
     try:
         cli.main(args=argv, prog_name="rollwave", standalone_mode=False)
     except click.exceptions.Abort:
