@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     def show_warning(message: Warning | str, *_: object, **__: object) -> None:
         err.print(f"warning: {message}", markup=False, style="bold yellow")
 
-    warnings.showwarning = show_warning  # type: ignore[assignment]
+    warnings.showwarning = show_warning
     try:
         cli.main(args=argv, prog_name="rollwave", standalone_mode=False)
     except click.exceptions.Abort:
