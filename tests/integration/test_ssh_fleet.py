@@ -39,6 +39,7 @@ class CLI:
     def __init__(self, fleet: SSHFleet) -> None:
         self.fleet = fleet
         self.spec_path = fleet.base / "rollwave.yaml"
+        self.extra_env: dict[str, str] = {}
         fleet.write_inventory(fleet.base / "inventory.yaml")
 
     def write_spec(
@@ -49,6 +50,8 @@ class CLI:
         max_unavailable: Any,
         tolerate: int = 0,
         keep: int = 2,
+        health: dict[str, Any] | None = None,
+        bake: str = "0s",
     ) -> None:
         assert self.fleet.haproxy is not None
         spec = {
@@ -69,7 +72,8 @@ class CLI:
                         "connect_timeout": "2s",
                         "command_timeout": "20s",
                     },
-                    "health": {
+                    "health": health
+                    or {
                         "http": f"http://{{address}}:{APP_PORT}/healthz",
                         "interval": "200ms",
                         "successes": 2,
@@ -89,6 +93,7 @@ class CLI:
                 "waves": waves,
                 "max_unavailable": max_unavailable,
                 "failure": {"tolerate": tolerate, "action": "rollback"},
+                "bake": bake,
             },
         }
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -97,7 +102,7 @@ class CLI:
         return [sys.executable, "-m", "rollwave.cli", *args, "-f", str(self.spec_path)]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "ROLLWAVE_DEBUG_DIR": str(self.fleet.base)}
+        return {**os.environ, "ROLLWAVE_DEBUG_DIR": str(self.fleet.base), **self.extra_env}
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -332,3 +337,68 @@ def test_unreachable_host_with_tolerate_1_completes(ssh_fleet: Fleet) -> None:
     assert {served(h) for h in others} == {"2.0"}
     assert fleet.current(victim) == "1.0"  # never reached: nothing changed on it
     assert haproxy_status(fleet)[victim.name] != "UP"
+    report = cli.json("report")
+    assert report["failed"] == [victim.name]
+    line = next(t for t in report["targets"] if t["target"] == victim.name)
+    assert line["outcome"] == "failed"
+    assert victim.address in line["reason"]
+
+
+def test_resume_after_sigkill_mid_wave(ssh_fleet: Fleet) -> None:
+    """SIGKILL of the engine in the middle of a wave, then `apply` again: the rollout resumes and completes."""
+    fleet = ssh_fleet(4, haproxy=True)
+    fleet.build("1.0")
+    fleet.build("2.0")
+    cli = CLI(fleet)
+    deploy_v1(fleet, cli)
+    cli.extra_env["ROLLWAVE_LOCK_TTL"] = "3"
+    cli.write_spec("2.0", waves=[1, "100%"], max_unavailable=2)
+    plan = cli.json("plan")
+    second_wave = plan["services"][0]["waves"][1]["targets"]
+    since = len(cli.journal())
+    child = cli.popen("apply", "--yes")
+    cli.wait_journal("health", "begin", second_wave[0], child, since)
+    child.kill()
+    child.communicate()
+    time.sleep(3.5)  # the dead engine's lease expires
+    resumed = cli.run("apply", "--yes")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming deployment" in resumed.stdout
+    assert {fleet.current(h) for h in fleet.hosts} == {"2.0"}
+    assert {served(h) for h in fleet.hosts} == {"2.0"}
+    wait_all_up(fleet)
+    kinds = [k for k, _, _, _ in cli.journal()[since:]]
+    assert "resume" in kinds
+    assert cli.json("status")["state"] == "succeeded"
+
+
+def test_health_command_runs_on_the_target(ssh_fleet: Fleet) -> None:
+    """A `command` health check runs on the target over SSH (on: target), not on the controller."""
+    fleet = ssh_fleet(2, haproxy=True)
+    fleet.build("1.0")
+    fleet.build("2.0")
+    cli = CLI(fleet)
+    deploy_v1(fleet, cli)
+    probe = (
+        'echo "$SSH_CONNECTION" > "$0/probed-over"; '
+        'exec python3 -c "import sys, urllib.request; '
+        'sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)" '
+        f'"http://$1:{APP_PORT}/healthz"'
+    )
+    cli.write_spec(
+        "2.0",
+        waves=["100%"],
+        max_unavailable=1,
+        health={
+            "command": ["sh", "-c", probe, "{app_root}", "{address}"],
+            "on": "target",
+            "interval": "200ms",
+            "deadline": "15s",
+        },
+    )
+    result = cli.run("apply", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for host in fleet.hosts:
+        seen = (host.app_root / "probed-over").read_text().split()
+        assert seen[2] == host.address  # SSH_CONNECTION: client ip, port, server ip, port
+        assert served(host) == "2.0"

@@ -6,10 +6,11 @@ sees Protocols only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollwave.engine.ports import Clock, Driver, Prober, TrafficManager
+from rollwave.engine.ports import Clock, CommandResult, Driver, Prober, TrafficManager
 from rollwave.errors import InputError
 from rollwave.inventory.model import Target
 from rollwave.spec.load import Config
@@ -121,4 +122,28 @@ def build_prober(config: Config, service: str, driver: Driver) -> Prober | None:
         host, _, port = health.tcp.rpartition(":")
         return TcpProber(host, port, timeout=health.timeout)
     assert health.command is not None
-    return CommandProber(list(health.command), driver, timeout=health.timeout)
+    runner: Any = driver if health.on == "target" else LocalRunner(config)
+    return CommandProber(list(health.command), runner, timeout=health.timeout)
+
+
+class LocalRunner:
+    """Runs an argv on the controller for a target (a health command with ``on: controller``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def run(
+        self,
+        target: Target,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        from rollwave.engine.clock import SystemClock
+        from rollwave.engine.local_run import run_argv
+
+        merged = {**os.environ, **(env or {})}
+        return await run_argv(
+            argv, timeout=timeout, clock=SystemClock(), env=merged, cwd=self.config.base_dir
+        )

@@ -16,11 +16,11 @@ import contextlib
 import shlex
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from rollwave.engine.ports import Clock, Driver, Prober, ProbeResult
+from rollwave.engine.ports import Clock, CommandResult, Prober, ProbeResult
 from rollwave.errors import DriverError, HealthError
 from rollwave.health.verdict import HealthTracker, Verdict, format_seconds
 from rollwave.inventory.model import Target
@@ -149,10 +149,23 @@ class TcpProber:
         return ProbeResult(True, f"{what} connected")
 
 
-class CommandProber:
-    """Passes when ``argv`` (a template) exits 0, run through the service's driver."""
+class Runner(Protocol):
+    """Anything that runs an argv for a target: a Driver (on the target), or a local runner."""
 
-    def __init__(self, argv: Sequence[str], driver: Driver, timeout: float = 10.0) -> None:
+    async def run(
+        self,
+        target: Target,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult: ...
+
+
+class CommandProber:
+    """Passes when ``argv`` (a template) exits 0, run on the target (a driver) or here."""
+
+    def __init__(self, argv: Sequence[str], driver: Runner, timeout: float = 10.0) -> None:
         if not argv:
             raise ValueError("a command probe needs a command")
         if timeout <= 0:

@@ -135,7 +135,9 @@ class HealthSpec(Frozen):
     http: str | None = None
     tcp: str | None = None
     command: Argv | None = None
-    on: Literal["controller", "target"] = "controller"
+    on: Literal["controller", "target"] = (
+        "target"  # where a `command` runs; http and tcp probe from here
+    )
     expect_status: int = Field(default=200, ge=100, le=599)
     body_contains: str | None = None
     interval: Duration = 1.0
