@@ -548,21 +548,18 @@ def demo(as_json: bool, keep: bool) -> None:
             "duration",
             "requests",
             "failed",
-            "version mix (per second)",
+            "its share of answers, second by second",
         ):
             table.add_column(column)
         for rollout in result.rollouts:
-            mix = " ".join(
-                "/".join(f"{v.split('.')[0]}:{p}%" for v, p in point["share"].items())
-                for point in rollout.version_mix[:: max(1, len(rollout.version_mix) // 8)]
-            )
+            shares = [point["share"].get(rollout.version, 0) for point in rollout.version_mix]
             table.add_row(
                 f"v{rollout.version}",
                 rollout.state,
                 f"{rollout.duration_s:.1f}s",
                 str(rollout.requests),
                 str(rollout.failed_requests),
-                mix,
+                " ".join(f"{share}%" for share in shares),
             )
         out.print(table)
         if result.kept:
