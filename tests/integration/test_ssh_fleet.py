@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from rollwave.demo.loadgen import LoadGenerator, LoadReport
+from support.fleet import read_journal
 from support.netns import APP_PORT, Host, SSHFleet
 
 pytestmark = pytest.mark.integration
@@ -130,17 +130,7 @@ class CLI:
 
     def journal(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """(kind, phase, target, data) of every journal entry, read straight from the state file."""
-        path = self.fleet.base / ".rollwave" / "state.db"
-        if not path.exists():
-            return []
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                rows = db.execute(
-                    "SELECT kind, phase, target, data FROM journal ORDER BY seq"
-                ).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        return [(k, p, t, json.loads(d or "{}")) for k, p, t, d in rows]
+        return read_journal(self.fleet.base / ".rollwave" / "state.db")
 
     def wait_journal(
         self,

@@ -17,7 +17,7 @@ import yaml
 from rollwave.demo.artifacts import build_artifact
 from support.processes import Processes, free_port, slot_pids
 
-__all__ = ["LocalFleet"]
+__all__ = ["LocalFleet", "read_journal"]
 
 TRAFFIC_SCRIPT = """#!/bin/sh
 # traffic.sh ACTION NAME: a load balancer stand-in that records each target's state in a file.
@@ -29,6 +29,20 @@ case "$1" in
   state) cat "$dir/$2" 2>/dev/null || echo ready ;;
 esac
 """
+
+
+def read_journal(path: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(kind, phase, target, data) of every journal entry of a state file, read-only."""
+    if not path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute(
+                "SELECT kind, phase, target, data FROM journal ORDER BY seq"
+            ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [(k, p, t, json.loads(d or "{}")) for k, p, t, d in rows]
 
 
 class LocalFleet:
@@ -213,17 +227,7 @@ class LocalFleet:
 
     def journal(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """(kind, phase, target, data) of every journal entry, read straight from the state file."""
-        path = self.base / ".rollwave" / "state.db"
-        if not path.exists():
-            return []
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                rows = db.execute(
-                    "SELECT kind, phase, target, data FROM journal ORDER BY seq"
-                ).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        return [(k, p, t, json.loads(d or "{}")) for k, p, t, d in rows]
+        return read_journal(self.base / ".rollwave" / "state.db")
 
     def wait_for(
         self, kind: str, phase: str, target: str = "", timeout: float = 60, since: int = 0
