@@ -412,3 +412,38 @@ def test_bad_webhook_never_delays_the_rollout(system: LocalFleet, receiver: Rece
         assert any(r.get("status") == 500 for r in recorded)
     else:
         assert any(r.get("abandoned") for r in recorded)
+
+
+def test_parallel_order_runs_independent_services_together(system: LocalFleet) -> None:
+    """With order: parallel, services of one stage run at once, each under its own max_unavailable."""
+    system.write_spec(
+        "2.0.0",
+        waves=["100%"],
+        max_unavailable=1,
+        services={
+            "api": system.service("2.0.0", hosts="api"),
+            "web": system.service("2.0.0", hosts="web"),
+        },
+    )
+    spec = (system.base / "rollwave.yaml").read_text()
+    (system.base / "rollwave.yaml").write_text(
+        spec.replace("strategy:\n", "strategy:\n  order: parallel\n")
+    )
+    plan = json.loads(system.run("plan", "--json").stdout)
+    assert [(s["name"], s["stage"]) for s in plan["services"]] == [("api", 0), ("web", 0)]
+    before = len(system.journal())
+    assert system.run("apply", "--yes").returncode == 0
+    entries = system.journal()[before:]
+    begins = [i for i, (k, p, _, _) in enumerate(entries) if (k, p) == ("service", "begin")]
+    ends = [i for i, (k, p, _, _) in enumerate(entries) if (k, p) == ("service", "end")]
+    assert len(begins) == 2
+    assert max(begins) < min(ends)  # both started before either finished
+    out: dict[str, set[str]] = {"api": set(), "web": set()}
+    service_of = {n: g for g, names in GROUPS.items() for n in names}
+    for kind, phase, target, _data in entries:
+        if kind == "drain" and phase == "begin":
+            out[service_of[target]].add(target)
+        elif kind == "target" and phase == "end":
+            out[service_of[target]].discard(target)
+        assert all(len(down) <= 1 for down in out.values())
+    assert set(system.served().values()) == {"2.0.0"}
