@@ -447,3 +447,56 @@ def test_parallel_order_runs_independent_services_together(system: LocalFleet) -
             out[service_of[target]].discard(target)
         assert all(len(down) <= 1 for down in out.values())
     assert set(system.served().values()) == {"2.0.0"}
+
+
+def test_plan_markdown_and_next_freeze(system: LocalFleet) -> None:
+    """`plan --markdown` is a pasteable change announcement, and plan warns of a freeze overlapping its duration."""
+    from datetime import timedelta
+
+    soon = datetime.now(UTC) - timedelta(seconds=60)  # open now: it overlaps any plan
+    later = soon + timedelta(hours=2)
+    window = {"start": soon.isoformat(), "end": later.isoformat(), "reason": "board meeting"}
+    write_system(system, "2.0.0", approve_before=[2], extra={"freeze": [window]})
+    markdown = system.run("plan", "--markdown").stdout
+    assert markdown.startswith("# Deployment plan: test\n")
+    assert "## api → 2.0.0 (stage 0)" in markdown
+    assert "## web → 2.0.0 (stage 1, after api)" in markdown
+    assert "| 2 | app-2 | 1 | 2/2 | approval required |  |" in markdown
+    assert "**Freeze:** board meeting" in markdown
+    data = json.loads(system.run("plan", "--json").stdout)
+    assert data["next_freeze"]["reason"] == "board meeting"
+    assert data["expected_duration_s"] > 0
+    table = system.run("plan")
+    assert "warning: freeze 'board meeting'" in table.stdout
+    write_system(system, "2.0.0")
+    assert json.loads(system.run("plan", "--json").stdout)["next_freeze"] is None
+
+
+def test_hook_on_target_runs_through_the_driver(system: LocalFleet) -> None:
+    """A hook with on: target runs through the target's driver, with the target's variables."""
+    log = system.base / "target-hooks.log"
+    hook = system.base / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    hook.chmod(0o755)
+    write_system(
+        system,
+        "2.0.0",
+        migrations=False,
+        hooks={
+            "after_target": {
+                "run": [str(hook), "{name}", "{http_port}"],
+                "on": "target",
+                "timeout": "5s",
+            }
+        },
+    )
+    assert system.run("apply", "--yes").returncode == 0
+    assert sorted(log.read_text().splitlines()) == sorted(
+        f"{n} {system.ports[n]}" for n in system.names
+    )
+    entries = [
+        e
+        for e in system.show()["journal"]
+        if e["kind"] == "hook:after_target" and e["phase"] == "end"
+    ]
+    assert len(entries) == 4

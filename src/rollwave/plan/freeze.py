@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -61,12 +61,14 @@ def windows(freezes: Sequence[FreezeSpec], start: float, end: float) -> list[Fre
             continue
         assert freeze.duration is not None
         zone = ZoneInfo(freeze.timezone)
-        # The last window that began before `start` may still be open.
-        cursor = croniter(freeze.cron, datetime.fromtimestamp(start, zone))
+        # The last firing at or before `start` may still be open; a microsecond past `start`
+        # makes a firing at exactly `start` count as that one. Later firings follow it.
+        cursor = croniter(
+            freeze.cron, datetime.fromtimestamp(start, zone) + timedelta(microseconds=1)
+        )
         previous = float(cursor.get_prev(float))
         if previous + freeze.duration > start:
             found.append(FreezeWindow(previous, previous + freeze.duration, freeze.reason, index))
-        cursor = croniter(freeze.cron, datetime.fromtimestamp(start, zone))
         while True:
             begin = float(cursor.get_next(float))
             if begin >= end:
