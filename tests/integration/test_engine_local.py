@@ -391,3 +391,36 @@ def test_report_lists_what_changed_and_what_failed(fleet: LocalFleet) -> None:
     page = fleet.base / "report.html"
     assert fleet.run("report", "--html", str(page)).returncode == 0
     assert "<td>app-3</td>" in page.read_text()
+
+
+def test_ctrl_c_leaves_a_resumable_deployment(fleet: LocalFleet) -> None:
+    """Ctrl-C stops apply with exit 130 and the lock freed; status says so, and apply resumes at once."""
+    deploy_v1(fleet)
+    fleet.write_spec("2.0.0", waves=[1, "100%"], bake="3s")
+    before = len(fleet.journal())
+    engine = fleet.popen("apply", "--yes")
+    fleet.wait_for("bake", "begin", since=before)
+    engine.send_signal(signal.SIGINT)
+    _, err = engine.communicate(timeout=30)
+    assert engine.returncode == 130
+    assert "`rollwave apply` resumes it" in err
+    assert "Traceback" not in err
+    status = fleet.status()
+    assert status["state"] == "running"
+    assert "no engine is running it" in status["message"]
+    assert "lock" not in status
+    resumed = fleet.run("apply", "--yes", timeout=90)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming deployment" in resumed.stdout
+    assert set(fleet.served().values()) == {"2.0.0"}
+    # The interrupted bake was baked again, whole, before wave 2.
+    entries = fleet.journal()[before:]
+    resume = next(i for i, e in enumerate(entries) if e[0] == "resume")
+    bake = [(e[0], e[1]) for e in entries[resume:] if e[0] == "bake"]
+    assert bake == [("bake", "begin"), ("bake", "end")]
+    wave2 = next(
+        i
+        for i, e in enumerate(entries)
+        if e[0] == "wave" and e[1] == "begin" and e[3].get("wave") == 2
+    )
+    assert wave2 > resume

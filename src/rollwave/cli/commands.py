@@ -297,6 +297,11 @@ def status(deployment_id: int | None, spec_file: Path, as_json: bool) -> None:
         store.close()
     if lock is not None and lock.expires_at > time.time():
         summary["lock"] = {"holder": lock.holder, "pid": lock.pid, "since": _when(lock.acquired_at)}
+    elif not deployment.state.finished:
+        summary["message"] = (
+            "no engine is running it (interrupted or crashed): `rollwave apply` resumes it"
+            + (f"; last: {summary['message']}" if summary["message"] else "")
+        )
     if as_json:
         emit_json(summary)
         return

@@ -154,8 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = show_warning
     try:
         cli.main(args=argv, prog_name="rollwave", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print(
+            "interrupted: an unfinished deployment stays in the journal; `rollwave apply` resumes it",
+            markup=False,
+        )
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -173,9 +176,6 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             err.print(f"hint: {exc.hint}", markup=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
     except Exception as exc:  # the boundary: nothing unexpected reaches the user as a traceback
         path = _debug_log(exc)
         err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)

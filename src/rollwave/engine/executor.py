@@ -294,30 +294,13 @@ class Executor:
         budget = _Budget(self.config.spec.strategy.failure.tolerate)
         budget.failed = sum(1 for (s, _t) in self.progress.targets_failed if s == service.name)
         for wave in service.waves:
-            if (service.name, wave.number) in self.progress.waves_done:
-                continue
-            if wave.approve and not self._approved(service.name, wave.number):
-                await self._await_approval(service, wave)
-            if not await self._wave_hook("before_wave", service, wave):
+            key = (service.name, wave.number)
+            if key not in self.progress.waves_done and not await self._run_wave(
+                service, wave, budget
+            ):
                 return False
-            self.record(
-                "wave", "begin", service=service.name, wave=wave.number, targets=list(wave.targets)
-            )
-            for segment in wave.segments():
-                ok = await self._run_segment(service, wave, segment, budget)
-                if not ok:
-                    self.record(
-                        "service",
-                        "fail",
-                        service=service.name,
-                        wave=wave.number,
-                        reason=(self._failure or ("Failed", ""))[0],
-                    )
-                    return False
-            self.record("wave", "end", service=service.name, wave=wave.number)
-            if not await self._wave_hook("after_wave", service, wave):
-                return False
-            baking = wave.bake and (service.name, wave.number) not in self.progress.bakes_done
+            # A bake a crash interrupted is baked again, whole: its analysis needs fresh data.
+            baking = wave.bake and key not in self.progress.bakes_done
             if baking and not await self._bake(service, wave):
                 self.record(
                     "service",
@@ -330,6 +313,29 @@ class Executor:
         self.record("service", "end", service=service.name, version=service.version)
         self.progress.services_done.add(service.name)
         return True
+
+    async def _run_wave(self, service: ServicePlan, wave: Wave, budget: _Budget) -> bool:
+        """Approval gate, hooks and the targets of one wave; False when the service failed."""
+        if wave.approve and not self._approved(service.name, wave.number):
+            await self._await_approval(service, wave)
+        if not await self._wave_hook("before_wave", service, wave):
+            return False
+        self.record(
+            "wave", "begin", service=service.name, wave=wave.number, targets=list(wave.targets)
+        )
+        for segment in wave.segments():
+            if not await self._run_segment(service, wave, segment, budget):
+                self.record(
+                    "service",
+                    "fail",
+                    service=service.name,
+                    wave=wave.number,
+                    reason=(self._failure or ("Failed", ""))[0],
+                )
+                return False
+        self.record("wave", "end", service=service.name, wave=wave.number)
+        self.progress.waves_done.add((service.name, wave.number))
+        return await self._wave_hook("after_wave", service, wave)
 
     async def _wave_hook(self, name: str, service: ServicePlan, wave: Wave) -> bool:
         try:
